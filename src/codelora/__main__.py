@@ -1,0 +1,3 @@
+from codelora.cli import main
+
+raise SystemExit(main())

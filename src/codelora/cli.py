@@ -1,0 +1,156 @@
+"""The `codelora` command line: a thin layer that maps each subcommand to one function.
+
+    codelora train [--config FILE] [--model M] [--data SRC] [--out DIR] ...
+    codelora run CONFIG.yaml [overrides]
+    codelora eval RUN_DIR
+    codelora ask "question" [--adapter RUN_DIR]
+
+Errors caused by input print one line, `codelora: error: ...`, and exit 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from codelora.errors import CodeloraError
+
+# flag -> dotted config field; every default lives in codelora/config.py
+OVERRIDES = {
+    "model": "model.name",
+    "data": "data.source",
+    "out": "out",
+    "limit": "data.limit",
+    "seed": "seed",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(2, f"codelora: error: {message} (see codelora {self.prog.split()[-1]} --help)\n")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("overrides (win over the config file)")
+    g.add_argument("--model", help="embedded 'smollm2-135m' (default), a local model directory, or a Hub id")
+    g.add_argument("--data", help="Hub dataset id or local .json/.jsonl/.parquet/.csv file")
+    g.add_argument("--out", help="run directory to write")
+    g.add_argument("--limit", type=int, help="use only the first N rows")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--lora-r", type=int)
+    g.add_argument("--lora-alpha", type=float)
+    g.add_argument("--lora-dropout", type=float)
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set lora.target_modules=all-linear (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="codelora", description="Fine-tune language models with LoRA into Python code assistants.")
+    parser.add_argument("--version", action="version", version=f"codelora {__import__('codelora').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter; writes a run directory")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    _add_overrides(p)
+
+    p = sub.add_parser("run", help="train, then evaluate base vs adapter on the test split")
+    p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    _add_overrides(p)
+
+    p = sub.add_parser("eval", help="evaluate a run's adapter against its base model on the test split")
+    p.add_argument("run_dir")
+    p.add_argument("--limit", type=int, help="generate answers for only the first N test rows")
+    p.add_argument("--max-new-tokens", type=int)
+
+    p = sub.add_parser("ask", help="answer a Python question with the base model or an adapter")
+    p.add_argument("question")
+    p.add_argument("--adapter", help="a run directory (or any peft adapter folder)")
+    p.add_argument("--model", help="base model; default: the adapter's base, else smollm2-135m")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def _config_from_args(args, config_path: str | None):
+    from codelora.config import load_config_file, parse_assignment, parse_config, set_dotted
+
+    data = load_config_file(config_path) if config_path else {}
+    for flag, key in OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            set_dotted(data, key, value)
+    for assignment in args.set:
+        set_dotted(data, *parse_assignment(assignment))
+    return parse_config(data)
+
+
+def _dispatch(args) -> int:
+    if args.command in ("train", "run"):
+        from codelora.training.outputs import staged_run_dir
+        from codelora.training.train import train
+
+        cfg = _config_from_args(args, args.config)
+        with staged_run_dir(cfg.out, overwrite=args.overwrite) as run_dir:
+            trained = train(cfg, run_dir)
+            if args.command == "run":
+                from codelora.evaluation.compare import render_markdown
+                from codelora.evaluation.run_eval import evaluate_trained
+
+                trained.run_dir = run_dir
+                report = evaluate_trained(trained, cfg)
+                print(render_markdown(report))
+        print(f"codelora: wrote {cfg.out}", file=sys.stderr)
+        print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
+              file=sys.stderr)
+        return 0
+    if args.command == "eval":
+        from codelora.evaluation.compare import render_markdown
+        from codelora.evaluation.run_eval import evaluate_run
+
+        print(render_markdown(evaluate_run(args.run_dir, args.limit, args.max_new_tokens)))
+        return 0
+    if args.command == "ask":
+        from codelora.serving.ask import ask
+
+        ask(args.question, adapter=args.adapter, model=args.model, max_new_tokens=args.max_new_tokens,
+            device=args.device, stream=True)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
+    try:
+        return _dispatch(args)
+    except CodeloraError as e:
+        print(f"codelora: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("codelora: interrupted; no partial run directory was kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an environment failure (disk full, out of memory): one line
+        if os.environ.get("CODELORA_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"codelora: error: {type(e).__name__}: {first} (set CODELORA_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

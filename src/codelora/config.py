@@ -1,0 +1,246 @@
+"""Run configuration: plain dataclasses that YAML files and CLI flags are parsed against.
+
+Every default lives here and nowhere else. A YAML config is a nested mapping with the same
+sections (`model`, `data`, `lora`, `train`, `eval`) plus `out` and `seed`; see configs/demo.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from codelora.errors import ConfigError
+
+EMBEDDED_MODEL = "smollm2-135m"
+DEFAULT_DATASET = "flytech/python-codes-25k"
+
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL  # embedded alias, local model directory, or Hugging Face Hub id
+    revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local models
+    trust_remote_code: bool = False  # run model code from the Hub: off unless you trust it
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("model.name is empty: give a Hub id, a local directory or 'smollm2-135m'")
+
+
+@dataclass
+class DataConfig:
+    source: str = DEFAULT_DATASET  # Hub dataset id, or a local .json/.jsonl/.parquet/.csv file
+    fallback: str | None = None  # local file used (with a notice) only when the Hub is unreachable
+    limit: int | None = None  # use only the first N rows, in file order
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_length: int = 512  # tokens per formatted example; longer rows are dropped and reported
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"data.limit must be a positive number of rows, got {self.limit}; omit it to use all rows")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v < 0.5:
+                raise ConfigError(f"data.{name} must be in (0, 0.5), got {v}; the default is 0.1")
+        if self.max_length < 16:
+            raise ConfigError(f"data.max_length must be at least 16 tokens, got {self.max_length}")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16  # rank of the update matrices
+    alpha: float = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: str = "none"  # which biases train: none, all or lora_only
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be a positive integer, got {self.r}; try 8 or 16")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}; a common choice is 2 * r")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"lora.bias must be one of none, all, lora_only; got {self.bias!r}")
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "all-linear":
+                raise ConfigError(
+                    f"lora.target_modules must be a list of module names or 'all-linear', got {self.target_modules!r}"
+                )
+        elif not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: list module names such as [q_proj, v_proj] or use all-linear")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; when set it overrides epochs
+    batch_size: int = 8  # rows per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05  # share of the steps spent warming the learning rate up from 0
+    scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # validation loss every N steps; 0 = before training and after each epoch
+    device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be at least 1, got {self.max_steps}; omit it to train by epochs")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}; LoRA usually uses 1e-4 to 5e-4")
+        if self.eval_every < 0:
+            raise ConfigError(f"train.eval_every must be 0 (epoch ends only) or a positive step count, got {self.eval_every}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 256  # generation budget per answer
+    batch_size: int = 16  # prompts generated together (batched greedy decoding)
+    limit: int | None = None  # generate for only the first N test rows (loss always uses all)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"eval.max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit must be a positive number of rows, got {self.limit}")
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/latest"  # the run directory
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        for section in (self.model, self.data, self.lora, self.train, self.eval):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` if it matches the annotation `tp` (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{where} has the wrong type: got {value!r}, expected {_type_name(tp)}"
+        )
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'the config'} must be a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config field '{where}'; known fields here: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _from_dict(tp, value if value is not None else {}, f"{where}.")
+        else:
+            kwargs[key] = _check_type(value, tp, where)
+    return cls(**kwargs)
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """Build a validated RunConfig from a nested mapping (as read from YAML)."""
+    return _from_dict(RunConfig, data or {}, "").validate()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}")
+    return data or {}
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict; the value is checked later against the dataclasses."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse `--set key=value`; the value is read as YAML (so 1e-4, true, [a, b] work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (for example train.lr=1e-4), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

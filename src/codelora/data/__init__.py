@@ -1,0 +1,1 @@
+"""Loading rows, formatting them as prompts, and splitting them."""

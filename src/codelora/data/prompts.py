@@ -1,0 +1,87 @@
+"""Turn rows into model inputs: the user turn is the instruction (plus the input when non-empty),
+the assistant turn is the output.
+
+With a chat template the tokenizer's own template formats the turns, so the adapter is asked
+questions exactly as it was trained; otherwise a plain Instruction/Response template is used.
+Only the answer and the end-of-turn token are supervised: prompt positions get label -100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+PLAIN_TEMPLATE = "### Instruction:\n{question}\n\n### Response:\n"
+
+
+def user_message(row: dict) -> str:
+    question = row["instruction"].strip()
+    extra = row.get("input", "").strip()
+    return f"{question}\n\n{extra}" if extra else question
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+class PromptFormat:
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.uses_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.end_of_turn_id = self._find_end_of_turn()
+
+    def _find_end_of_turn(self) -> int:
+        """The token that closes the assistant turn: what the model must learn to emit to stop."""
+        if self.uses_chat_template:
+            probe = "PROBE_ANSWER"
+            prompt = self.prompt_text("q")
+            full = self.tok.apply_chat_template(
+                [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], tokenize=False
+            )
+            if full.startswith(prompt) and full[len(prompt):].startswith(probe):
+                tail = full[len(prompt) + len(probe):]
+                ids = self.tok(tail, add_special_tokens=False)["input_ids"] if tail else []
+                if ids:
+                    return ids[0]
+        if self.tok.eos_token_id is None:
+            raise ValueError("the tokenizer has no chat template end token and no eos token")
+        return self.tok.eos_token_id
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return sorted({self.end_of_turn_id, *( [self.tok.eos_token_id] if self.tok.eos_token_id is not None else [])})
+
+    def prompt_text(self, question: str) -> str:
+        if self.uses_chat_template:
+            return self.tok.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+        return PLAIN_TEMPLATE.format(question=question)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        ids = self.tok(self.prompt_text(question), add_special_tokens=False)["input_ids"]
+        if not self.uses_chat_template and self.tok.bos_token_id is not None:
+            ids = [self.tok.bos_token_id] + ids  # chat templates write their own BOS when they need one
+        return ids
+
+    def encode(self, row: dict) -> Example:
+        prompt = self.prompt_ids(user_message(row))
+        answer = self.tok(row["output"], add_special_tokens=False)["input_ids"] + [self.end_of_turn_id]
+        return Example(input_ids=prompt + answer, labels=[IGNORE_INDEX] * len(prompt) + answer)
+
+    def encode_all(self, rows: list[dict], max_length: int) -> tuple[list[Example], list[int]]:
+        """Encode rows; returns (examples, positions of rows dropped for exceeding max_length)."""
+        examples, too_long = [], []
+        for i, row in enumerate(rows):
+            ex = self.encode(row)
+            if len(ex.input_ids) > max_length:
+                too_long.append(i)
+            else:
+                examples.append(ex)
+        return examples, too_long

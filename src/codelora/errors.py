@@ -1,0 +1,17 @@
+"""User-facing errors. The CLI prints these as one line and exits non-zero, never a traceback."""
+
+
+class CodeloraError(Exception):
+    """An error caused by the user's input (config, data, model id, files), with a fix in its text."""
+
+
+class ConfigError(CodeloraError):
+    pass
+
+
+class DataError(CodeloraError):
+    pass
+
+
+class ModelError(CodeloraError):
+    pass

@@ -1,0 +1,1 @@
+"""Generation for evaluation, text metrics, and the base-vs-adapter report."""

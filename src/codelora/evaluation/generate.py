@@ -1,0 +1,49 @@
+"""Batched greedy decoding with the KV cache, stopping at the end-of-turn token.
+
+Prompts are sorted by length and left-padded, so one batch holds prompts of similar length;
+answers come back in the order of the questions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codelora.data.prompts import PromptFormat
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.inference_mode()
+def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tokens: int, batch_size: int,
+                     device: str, streamer=None) -> list[str]:
+    tok = fmt.tok
+    prompts = [fmt.prompt_ids(q) for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = _left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,  # greedy: deterministic answers for evaluation
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=fmt.stop_ids,
+            pad_token_id=tok.pad_token_id,
+            streamer=streamer,
+        )
+        new = out[:, enc["input_ids"].shape[1]:]
+        for row, i in zip(new, idx):
+            answers[i] = tok.decode(row, skip_special_tokens=True).strip()
+    return answers

@@ -1,0 +1,1 @@
+"""Model sources (embedded, local, Hub) and LoRA wrapping."""

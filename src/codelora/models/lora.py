@@ -1,0 +1,61 @@
+"""Wrap a base model with peft LoRA adapters, and load saved adapters back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codelora.config import LoraSettings
+from codelora.errors import ConfigError, ModelError
+
+
+def peft_lora_config(s: LoraSettings, base_model: str | None = None):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=s.r,
+        lora_alpha=s.alpha,
+        lora_dropout=s.dropout,
+        target_modules=s.target_modules,
+        bias=s.bias,
+        base_model_name_or_path=base_model,  # recorded in adapter_config.json
+    )
+
+
+def apply_lora(model, s: LoraSettings, base_model: str | None = None):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_lora_config(s, base_model))
+    except ValueError as e:  # peft names the modules it could not find
+        first = str(e).strip().splitlines()[0]
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise ConfigError(
+            f"lora.target_modules={s.target_modules!r} does not fit this model ({first}); "
+            f"its linear layers are: {', '.join(names)}"
+        ) from None
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
+    """Attach a saved adapter (a codelora run directory or any peft adapter folder)."""
+    from peft import PeftModel
+
+    d = Path(adapter_dir)
+    if not (d / "adapter_config.json").is_file():
+        raise ModelError(f"{d} holds no adapter (adapter_config.json is missing); pass a run directory of codelora train")
+    if not (d / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{d} has no adapter_model.safetensors; codelora loads adapters only as safetensors")
+    return PeftModel.from_pretrained(model, str(d), is_trainable=trainable)

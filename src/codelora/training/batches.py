@@ -1,0 +1,42 @@
+"""Batches: dynamic padding to the longest row, rows of similar length grouped together.
+
+Padding to a fixed length spends most of a CPU's time on pad tokens; grouping by length keeps
+each batch's padding small while the batch order stays random.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from codelora.data.prompts import IGNORE_INDEX, Example
+
+GROUP_SIZE = 32  # batches per length-sorted group
+
+
+def length_grouped_batches(examples: list[Example], batch_size: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    batches = []
+    span = batch_size * GROUP_SIZE
+    for start in range(0, len(order), span):
+        group = sorted(order[start:start + span], key=lambda i: len(examples[i].input_ids), reverse=True)
+        batches += [group[j:j + batch_size] for j in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row; pads get attention 0 and label -100."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,120 @@
+"""Shared fixtures: tiny random-weight models built from a config, a tiny tokenizer, tiny data.
+
+Nothing here touches the network: the Hub is declared offline before any library is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_HEAD = REPO.parent / "shared" / "data" / "python-codes-25k.head356.jsonl"
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+FUNCS = [("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"), ("mod", "%"), ("pow", "**")]
+
+
+def make_rows(n: int = 40) -> list[dict]:
+    """Small instruction/input/output rows in the dataset's style (fenced code answers)."""
+    rows = []
+    for i in range(n):
+        name, op = FUNCS[i % len(FUNCS)]
+        k = i // len(FUNCS) + 2
+        rows.append({
+            "instruction": f"Write a Python function {name}{k}(x) that applies {op} {k} to x.",
+            "input": "" if i % 3 else f"Use the number {k}.",
+            "output": f"```python\ndef {name}{k}(x):\n    return x {op} {k}\n```",
+        })
+    for r in rows:
+        r["text"] = f"{r['instruction']} {r['input']} {r['output']}"
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def build_tokenizer(chat_template: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<s>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    corpus = [json.dumps(r) for r in make_rows(60)] * 3
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", bos_token="<s>")
+    if chat_template:
+        tok.chat_template = CHATML
+    return tok
+
+
+def build_tiny_model(tok, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def codelora_home(tmp_path_factory):
+    """One cache for the embedded model per test session (converted once, ~25 s)."""
+    home = os.environ.get("CODELORA_TEST_HOME") or str(tmp_path_factory.mktemp("codelora_home"))
+    os.environ["CODELORA_HOME"] = home
+    return Path(home)
+
+
+def _save_tiny(path: Path, chat_template: bool) -> Path:
+    tok = build_tokenizer(chat_template)
+    build_tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama (hidden 64) with a ChatML tokenizer, saved like any HF model."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model_dir(tmp_path_factory) -> Path:
+    """The same tiny model with a tokenizer that has no chat template."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama_plain"), chat_template=False)
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return make_rows(40)
+
+
+@pytest.fixture
+def data_file(tmp_path, rows) -> Path:
+    return write_jsonl(tmp_path / "rows.jsonl", rows)
+
+
+@pytest.fixture
+def shared_head() -> Path:
+    if not SHARED_HEAD.is_file():
+        pytest.skip(f"the real data head {SHARED_HEAD} is absent (it lives in shared/ beside the checkout)")
+    return SHARED_HEAD

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from codelora.config import EvalConfig, LoraSettings
+from codelora.data.prompts import PromptFormat
+from codelora.evaluation.compare import compare_base_and_adapter
+from codelora.evaluation.generate import generate_answers
+from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
+from codelora.models.lora import apply_lora
+
+
+def test_metrics_separate_right_from_wrong():
+    refs = ["def add(a, b):\n    return a + b", "print('hello world')"]
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    assert mean_rouge_l(refs, refs) == pytest.approx(1.0)
+    wrong = ["import os", "while True: pass"]
+    assert corpus_bleu(wrong, refs) < 5 and mean_rouge_l(wrong, refs) < 0.2
+
+
+def _tiny(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), PromptFormat(tok)
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_model_dir):
+    model, fmt = _tiny(tiny_model_dir)
+    questions = ["Write add2.", "Write a Python function mul3(x) that applies * 3 to x.", "q"]
+    batched = generate_answers(model, fmt, questions, max_new_tokens=12, batch_size=3, device="cpu")
+    single = [generate_answers(model, fmt, [q], 12, 1, "cpu")[0] for q in questions]
+    assert batched == single
+    assert any(a for a in batched)
+
+
+def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):
+    model, fmt = _tiny(tiny_model_dir)
+    peft_model = apply_lora(model, LoraSettings(r=2))
+    with torch.no_grad():  # make the adapter differ from the base
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    test_rows = rows[:4]
+    examples = [fmt.encode(r) for r in test_rows]
+    report = compare_base_and_adapter(peft_model, fmt, test_rows, examples, EvalConfig(max_new_tokens=8, batch_size=2),
+                                      fmt.tok.pad_token_id, "cpu", tmp_path)
+    base, adapter = report["models"]["base"], report["models"]["adapter"]
+    assert base["eval_loss"] != adapter["eval_loss"]
+    for m in (base, adapter):
+        assert set(m) >= {"eval_loss", "perplexity", "bleu", "rougeL_f1"}
+    assert json.loads((tmp_path / "eval_report.json").read_text()) == report
+    md = (tmp_path / "eval_report.md").read_text()
+    assert "| eval loss (answer tokens) |" in md and "| BLEU (sacrebleu, 0-100) |" in md
+    samples = [json.loads(x) for x in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and samples[0]["reference"] == test_rows[0]["output"]

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from codelora.config import RunConfig, load_config_file, parse_assignment, parse_config, set_dotted
+from codelora.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = parse_config({})
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.05)
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.model.name == "smollm2-135m" and cfg.model.trust_remote_code is False
+    assert cfg.data.source == "flytech/python-codes-25k"
+    assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.1, 0.1)
+
+
+def test_nested_values_parse_and_coerce():
+    cfg = parse_config({"lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "train": {"lr": "2e-4"}})
+    assert cfg.lora.r == 4 and cfg.lora.alpha == 8.0 and isinstance(cfg.lora.alpha, float)
+    assert cfg.lora.target_modules == "all-linear"
+    assert cfg.train.lr == pytest.approx(2e-4)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"lora": {"rank": 4}}, "unknown config field 'lora.rank'"),
+    ({"lora": {"r": 0}}, "lora.r must be a positive integer, got 0"),
+    ({"lora": {"r": "big"}}, "lora.r must be int, got 'big'"),
+    ({"lora": {"r": True}}, "lora.r must be int"),
+    ({"lora": {"target_modules": "attention"}}, "lora.target_modules"),
+    ({"lora": {"bias": "some"}}, "lora.bias must be one of"),
+    ({"train": {"lr": 0}}, "train.lr must be positive"),
+    ({"data": {"test_fraction": 0.7}}, "data.test_fraction must be in (0, 0.5)"),
+    ({"data": {"limit": 0}}, "data.limit must be a positive number"),
+    ({"eval": {"max_new_tokens": 0}}, "eval.max_new_tokens"),
+    ({"model": "x"}, "model must be a mapping"),
+])
+def test_bad_values_name_the_field(data, fragment):
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    assert fragment in str(e.value)
+
+
+def test_set_assignments_read_yaml_values():
+    data = {}
+    for text in ("lora.r=8", "train.lr=1e-4", "lora.target_modules=[q_proj, v_proj]", "data.limit=null"):
+        set_dotted(data, *parse_assignment(text))
+    cfg = parse_config(data)
+    assert cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.data.limit is None
+    assert cfg.train.lr == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_assignment("lora.r")
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_file(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_parses(path):
+    cfg = parse_config(load_config_file(path))
+    assert isinstance(cfg, RunConfig)
+    header = "".join(path.read_text().splitlines(keepends=True)[:12])
+    assert f"codelora run configs/{path.name}" in header, "the header must give the exact run command"
+
+
+def test_shipped_configs_exist():
+    assert any(p.name == "demo.yaml" for p in CONFIGS)

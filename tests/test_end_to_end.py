@@ -1,0 +1,74 @@
+"""`codelora run` and `codelora ask` with the real embedded SmolLM2-135M, as a user runs them."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from cli_helpers import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory):
+    from conftest import make_rows, write_jsonl
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = write_jsonl(tmp / "rows.jsonl", make_rows(30))
+    config = tmp / "e2e.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp / "run"),
+        "model": {"name": "smollm2-135m"},
+        "data": {"source": str(data), "limit": 24},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3},
+        "eval": {"max_new_tokens": 24, "batch_size": 4},
+    }))
+    result = run_cli("run", config)
+    return tmp / "run", result
+
+
+def test_run_writes_every_output(e2e_run):
+    run, result = e2e_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json", "loss_log.jsonl",
+                 "loss_curve.png", "splits.json", "eval_report.json", "eval_report.md", "eval_samples.jsonl"):
+        assert (run / name).is_file(), name
+    assert "| eval loss (answer tokens) |" in result.stdout
+    report = json.loads((run / "eval_report.json").read_text())
+    assert report["rows_generated"] == 2 and set(report["models"]) == {"base", "adapter"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["kind"] == "embedded" and manifest["parameters"]["trainable"] == 1_843_200
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    assert "trainable parameters 1,843,200 of 136,358,208" in result.stderr
+
+
+def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from codelora.config import ModelConfig
+    from codelora.data.prompts import PromptFormat
+    from codelora.models.lora import load_adapter
+    from codelora.models.sources import codelora_home, load_base
+
+    run, _ = e2e_run
+    base, tok, _ = load_base(ModelConfig(), "cpu")
+    ids = torch.tensor([PromptFormat(tok).prompt_ids("Write a Python function that reverses a string.")])
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        ours = load_adapter(base, run).eval()(input_ids=ids).logits
+        plain_base = AutoModelForCausalLM.from_pretrained(codelora_home() / "models" / "smollm2-135m")
+        plain = PeftModel.from_pretrained(plain_base, str(run)).eval()(input_ids=ids).logits
+    assert torch.equal(ours, plain)
+    assert not torch.allclose(ours, base_logits)  # the adapter really changes the model
+
+
+def test_ask_answers_with_the_adapter(e2e_run):
+    run, _ = e2e_run
+    r = run_cli("ask", "Write a Python function that returns the square of x.", "--adapter", run,
+                "--max-new-tokens", "40")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip()
+    assert "Traceback" not in r.stderr
