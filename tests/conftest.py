@@ -54,7 +54,7 @@ def build_tokenizer(chat_template: bool = True):
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     corpus = [json.dumps(r) for r in make_rows(60)] * 3
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(corpus, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
@@ -64,7 +64,7 @@ def build_tokenizer(chat_template: bool = True):
     return tok
 
 
-def build_tiny_model(tok, seed: int = 0):
+def build_tiny_model(tok, seed: int = 0, init_range: float = 0.02):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,7 +72,7 @@ def build_tiny_model(tok, seed: int = 0):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=tok.bos_token_id)
+                      bos_token_id=tok.bos_token_id, initializer_range=init_range)
     return LlamaForCausalLM(cfg)
 
 

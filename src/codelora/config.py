@@ -183,7 +183,7 @@ def _type_name(tp: Any) -> str:
 
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'the config'} must be a mapping of fields, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of fields, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

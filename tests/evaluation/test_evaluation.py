@@ -10,6 +10,7 @@ from codelora.evaluation.compare import compare_base_and_adapter
 from codelora.evaluation.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
 from codelora.models.lora import apply_lora
+from conftest import build_tiny_model, build_tokenizer
 
 
 def test_metrics_separate_right_from_wrong():
@@ -25,13 +26,15 @@ def _tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), PromptFormat(tok)
 
 
-def test_batched_greedy_equals_one_at_a_time(tiny_model_dir):
-    model, fmt = _tiny(tiny_model_dir)
+def test_batched_greedy_equals_one_at_a_time():
+    tok = build_tokenizer()
+    # wide random init: a default-init tiny model repeats one token, which would hide padding bugs
+    model, fmt = build_tiny_model(tok, init_range=0.3).eval(), PromptFormat(tok)
     questions = ["Write add2.", "Write a Python function mul3(x) that applies * 3 to x.", "q"]
     batched = generate_answers(model, fmt, questions, max_new_tokens=12, batch_size=3, device="cpu")
     single = [generate_answers(model, fmt, [q], 12, 1, "cpu")[0] for q in questions]
     assert batched == single
-    assert any(a for a in batched)
+    assert len(set(batched)) == 3 and all(len(a) > 5 for a in batched)
 
 
 def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):

@@ -19,7 +19,7 @@ def test_trainable_parameters_match_the_closed_form():
 
 def test_all_linear_targets_the_mlp_too():
     peft_model = apply_lora(build_tiny_model(build_tokenizer()), LoraSettings(r=2, target_modules="all-linear"))
-    names = {n.split(".")[-2] for n, p in peft_model.named_parameters() if p.requires_grad}
+    names = {n.split(".")[-4] for n, p in peft_model.named_parameters() if p.requires_grad}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
 
 
