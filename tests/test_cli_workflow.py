@@ -1,0 +1,30 @@
+"""train -> eval -> ask through the real console entry point, on a tiny model (seconds)."""
+
+import json
+
+from cli_helpers import run_cli
+
+
+def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", tiny_model_dir, "--data", data_file, "--out", out, "--max-steps", "3",
+                "--lora-r", "2", "--seed", "5", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "trainable parameters" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "eval_report.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and manifest["train"]["steps"] == 3
+
+    again = run_cli("train", "--model", tiny_model_dir, "--data", data_file, "--out", out, "--max-steps", "1",
+                    timeout=300)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    r = run_cli("eval", out, "--limit", "2", "--max-new-tokens", "4", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["rows_generated"] == 2 and report["rows_for_loss"] == 4
+    assert "| perplexity |" in r.stdout
+
+    # ask finds the base model from the run's config.yaml
+    r = run_cli("ask", "Write add2.", "--adapter", out, "--max-new-tokens", "4", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
