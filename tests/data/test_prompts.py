@@ -55,6 +55,9 @@ def test_split_is_8_1_1_disjoint_and_seeded():
     assert split_indices(356, 0.1, 0.1, seed=7)["test"] != s["test"]
 
 
-def test_split_needs_three_rows():
+def test_split_needs_three_rows_and_a_training_row():
     with pytest.raises(DataError, match="at least 3"):
         split_indices(2, 0.1, 0.1, seed=0)
+    with pytest.raises(DataError, match="leave no training rows"):
+        split_indices(4, 0.45, 0.45, seed=0)
+    assert len(split_indices(3, 0.1, 0.1, seed=0)["train"]) == 1

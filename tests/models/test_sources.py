@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -32,19 +30,23 @@ def test_unknown_hub_id_offline_is_one_clear_line():
 
 
 @pytest.mark.slow
-def test_embedded_model_is_converted_once_then_cached():
-    t0 = time.perf_counter()
+def test_embedded_model_is_converted_once_then_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CODELORA_HOME", str(tmp_path))  # an empty cache: the GGUF must be converted
     model, tok, source = load_base(ModelConfig(), "cpu")
-    assert source.kind == "embedded" and source.details["gguf_file"].endswith(".gguf")
-    assert (codelora_home() / "models" / "smollm2-135m" / "model.safetensors").is_file()
+    assert "converting the embedded model" in capsys.readouterr().err
+    cache = codelora_home() / "models" / "smollm2-135m"
+    assert source.kind == "embedded" and source.path == str(cache)
+    assert source.details["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and len(source.details["gguf_sha256"]) == 64
+    assert (cache / "model.safetensors").is_file() and not list(tmp_path.glob("models/.smollm2-135m-*"))
     assert model.dtype == torch.float32
-    n = sum(p.numel() for p in model.parameters())
-    assert n == 134_515_008  # SmolLM2-135M, tied embeddings counted once
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008  # tied embeddings counted once
     assert tok.pad_token_id == tok.convert_tokens_to_ids("<|im_end|>")
-    first = time.perf_counter() - t0
-    t1 = time.perf_counter()
+
     model2, _, _ = load_base(ModelConfig(), "cpu")
-    second = time.perf_counter() - t1
-    assert second < first  # the second load reads the safetensors cache instead of the GGUF
+    assert "converting" not in capsys.readouterr().err  # the second load reads the safetensors cache
     sd1, sd2 = model.state_dict(), model2.state_dict()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+    (cache / "model.safetensors").unlink()  # a damaged cache is rebuilt, not an error
+    load_base(ModelConfig(), "cpu")
+    assert "converting the embedded model" in capsys.readouterr().err

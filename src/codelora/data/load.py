@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codelora.errors import DataError
+from codelora.errors import DataError, first_line
 from codelora.hub import force_offline, hub_reachable
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
@@ -79,7 +79,7 @@ def _read_local(path: Path) -> list[dict]:
     except DataError:
         raise
     except Exception as e:  # pyarrow / csv errors: one line naming the file
-        raise DataError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DataError(f"cannot read {path}: {first_line(e)}") from None
     raise DataError(f"unsupported data file type {suffix!r} for {path}; use .json, .jsonl, .parquet or .csv")
 
 
@@ -118,6 +118,11 @@ def _read_json(path: Path) -> list[dict]:
 def _read_hub(dataset_id: str, fallback: str | None) -> tuple[list[dict], str, str]:
     if not hub_reachable():
         if fallback:
+            if not Path(fallback).expanduser().is_file():
+                raise DataError(
+                    f"the Hugging Face Hub is unreachable and the fallback file {fallback} (data.fallback, relative "
+                    f"to the current directory) does not exist; pass a local file: --data path/to/file.jsonl"
+                )
             print(f"codelora: the Hugging Face Hub is unreachable; using the local fallback {fallback}", file=sys.stderr)
             return _read_local(Path(fallback).expanduser()), "local", fallback
         force_offline()  # a dataset already in the local Hugging Face cache still loads
@@ -133,9 +138,9 @@ def _read_hub(dataset_id: str, fallback: str | None) -> tuple[list[dict], str, s
                 f"file instead: --data path/to/file.jsonl (JSON, JSONL, Parquet or CSV with columns "
                 f"{', '.join(REQUIRED_COLUMNS)})"
             ) from None
-        raise DataError(f"cannot load dataset '{dataset_id}': {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot load dataset '{dataset_id}': {first_line(e)}") from None
     except Exception as e:  # DatasetNotFoundError and friends
-        raise DataError(f"cannot load dataset '{dataset_id}': {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot load dataset '{dataset_id}': {first_line(e)}") from None
     return ds.to_list(), "hub", dataset_id
 
 

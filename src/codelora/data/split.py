@@ -18,5 +18,8 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     random.Random(seed).shuffle(order)
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * val_fraction))
+    if n - n_test - n_val < 1:
+        raise DataError(f"{n} rows leave no training rows after {n_val} validation and {n_test} test rows; "
+                        f"use more rows or smaller data.val_fraction / data.test_fraction")
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     return {"train": sorted(train), "validation": sorted(val), "test": sorted(test)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codelora.config import LoraSettings
-from codelora.errors import ConfigError, ModelError
+from codelora.errors import ConfigError, ModelError, first_line
 
 
 def peft_lora_config(s: LoraSettings, base_model: str | None = None):
@@ -28,7 +28,7 @@ def apply_lora(model, s: LoraSettings, base_model: str | None = None):
     try:
         return get_peft_model(model, peft_lora_config(s, base_model))
     except ValueError as e:  # peft names the modules it could not find
-        first = str(e).strip().splitlines()[0]
+        first = first_line(e)
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise ConfigError(
             f"lora.target_modules={s.target_modules!r} does not fit this model ({first}); "

