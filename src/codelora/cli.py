@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     _add_overrides(p)
 
+    p = sub.add_parser("data", help="data report (EDA) and data prepare (clean, dedup, split)")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    for name, text in (("report", "write report.md, stats.json and charts about a dataset"),
+                       ("prepare", "validate, clean and split into train/validation/test.jsonl")):
+        q = data_sub.add_parser(name, help=text)
+        q.add_argument("--config", help="YAML config; its data section (and model, for the tokenizer) is used")
+        _add_overrides(q)
+
     p = sub.add_parser("eval", help="evaluate a run's adapter against its base model on the test split")
     p.add_argument("run_dir")
     p.add_argument("--limit", type=int, help="generate answers for only the first N test rows")
@@ -117,6 +125,14 @@ def _dispatch(args) -> int:
         print(f"codelora: wrote {cfg.out}", file=sys.stderr)
         print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
               file=sys.stderr)
+        return 0
+    if args.command == "data":
+        from codelora.data.prepare import data_prepare, data_report
+
+        if not args.out:
+            raise CodeloraError(f"codelora data {args.data_command} needs --out DIR")
+        cfg = _config_from_args(args, args.config)
+        (data_report if args.data_command == "report" else data_prepare)(cfg, args.out, overwrite=args.overwrite)
         return 0
     if args.command == "eval":
         from codelora.evaluation.compare import render_markdown

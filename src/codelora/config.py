@@ -32,14 +32,41 @@ class ModelConfig:
             raise ConfigError("model.name is empty: give a Hub id, a local directory or 'smollm2-135m'")
 
 
+# Keyword task categories of an instruction (lower-case words or phrases; a row may match several).
+DEFAULT_CATEGORIES = {
+    "data manipulation": ["pandas", "dataframe", "csv", "json", "list", "dictionary", "dict", "array", "numpy",
+                          "sort", "filter", "merge", "convert", "parse"],
+    "file io": ["file", "files", "read", "write", "directory", "folder", "path", "save", "open"],
+    "web scraping": ["scrape", "scraping", "web", "html", "url", "website", "requests", "beautifulsoup", "download"],
+    "algorithm": ["algorithm", "recursion", "recursive", "fibonacci", "prime", "factorial", "binary", "search",
+                  "palindrome", "complexity"],
+    "machine learning": ["model", "train", "predict", "classifier", "regression", "neural", "sklearn", "tensorflow"],
+    "system automation": ["open", "launch", "check", "monitor", "system", "process", "shutdown", "volume", "screen"],
+}
+
+
+@dataclass
+class CleanConfig:
+    strip_fences: bool = False  # remove the ```python fences around answers (chat answers usually keep them)
+    remove_comments: bool = False  # drop '#' comments via Python's tokenizer; a '#' inside a string survives
+    normalize_whitespace: bool = True  # tabs -> 4 spaces, no trailing spaces, \n line endings, no blank ends
+    drop_duplicates: bool = True  # exact duplicate rows after cleaning (the first is kept)
+
+
 @dataclass
 class DataConfig:
-    source: str = DEFAULT_DATASET  # Hub dataset id, or a local .json/.jsonl/.parquet/.csv file
+    source: str = DEFAULT_DATASET  # Hub dataset id, local .json/.jsonl/.parquet/.csv file, or a prepared dir
     fallback: str | None = None  # local file used (with a notice) only when the Hub is unreachable
     limit: int | None = None  # use only the first N rows, in file order
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     max_length: int = 512  # tokens per formatted example; longer rows are dropped and reported
+    max_chars: int = 20000  # validation: rows longer than this (all fields together) are dropped
+    max_drop_fraction: float = 0.05  # fail when validation drops more than this share of the rows
+    near_duplicate_threshold: float = 0.9  # Jaccard over token 3-shingles; such rows share a split
+    decontaminate: bool = False  # drop rows that share a 13-token span with a HumanEval prompt or solution
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    categories: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -50,6 +77,12 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be in (0, 0.5), got {v}; the default is 0.1")
         if self.max_length < 16:
             raise ConfigError(f"data.max_length must be at least 16 tokens, got {self.max_length}")
+        if self.max_chars < 1:
+            raise ConfigError(f"data.max_chars must be positive, got {self.max_chars}")
+        if not 0.0 <= self.max_drop_fraction <= 1.0:
+            raise ConfigError(f"data.max_drop_fraction must be in [0, 1], got {self.max_drop_fraction}")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0:
+            raise ConfigError(f"data.near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
 
 
 @dataclass
@@ -160,6 +193,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{where} has the wrong type: got {value!r}, expected {_type_name(tp)}"
         )
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {_check_type(k, key_tp, f"{where} key"): _check_type(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):

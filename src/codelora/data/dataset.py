@@ -1,23 +1,110 @@
-"""From a data config to encoded, split examples: the data stage shared by train and eval."""
+"""The data stage shared by `data prepare`, `train`, `run` and `eval`:
+
+    read -> validate -> clean -> (decontaminate) -> group duplicates -> split -> encode
+
+Each step reports what it dropped, by reason, with line/row numbers.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from codelora.config import DataConfig
-from codelora.data.load import LoadedData, load_rows
+from codelora.data.clean import clean_rows
+from codelora.data.dedup import find_relations, groups_of
+from codelora.data.load import REQUIRED_COLUMNS, read_source
 from codelora.data.prompts import Example, PromptFormat
-from codelora.data.split import split_indices
+from codelora.data.split import SPLITS, split_groups
+from codelora.data.validate import Rows, check_drop_fraction, validate_records
+from codelora.errors import DataError
+
+
+def say(msg: str) -> None:
+    print(f"codelora: {msg}", file=sys.stderr, flush=True)
+
+
+def content_sha256(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r[c] for c in REQUIRED_COLUMNS], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def describe_drops(drops: dict[str, list[int]], ref_kind: str = "row") -> str:
+    return "; ".join(f"{len(v)} {k} ({ref_kind}s {', '.join(map(str, v[:5]))}{', ...' if len(v) > 5 else ''})"
+                     for k, v in drops.items() if v) or "none"
+
+
+def load_data(cfg: DataConfig, enforce_drop_limit: bool = True) -> Rows:
+    """Read and validate; fails fast (before any model load) on unusable data."""
+    rows = validate_records(read_source(cfg.source, cfg.fallback, cfg.limit), cfg.max_chars)
+    if rows.drops:
+        say(f"{rows.source}: dropped in validation: {describe_drops(rows.drops, rows.ref_kind)}")
+    if enforce_drop_limit:
+        check_drop_fraction(rows, cfg.max_drop_fraction)
+    if not rows.rows:
+        raise DataError(f"{rows.source}: no usable rows")
+    return rows
+
+
+@dataclass
+class Curated:
+    source: Rows
+    rows: list[dict]  # cleaned rows, in source order
+    splits: dict[str, list[int]]  # split -> positions in rows
+    drops: dict[str, list[int]] = field(default_factory=dict)  # every drop so far, reason -> refs
+    split_report: dict = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return content_sha256(self.rows)
+
+
+def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
+    drops = {k: list(v) for k, v in src.drops.items()}
+    if src.splits is not None:  # a prepared directory: cleaned and split already
+        return Curated(src, src.rows, src.splits, drops, {"prepared": src.source})
+    rows, clean_drops = clean_rows(src.rows, cfg.clean)
+    drops.update(clean_drops)
+    if cfg.decontaminate:
+        from codelora.data.decontaminate import contaminated
+
+        bad = set(contaminated(rows))
+        if bad:
+            drops["HumanEval overlap"] = [rows[i]["ref"] for i in sorted(bad)]
+        rows = [r for i, r in enumerate(rows) if i not in bad]
+    if not rows:
+        raise DataError(f"{src.source}: no rows left after cleaning ({describe_drops(drops, src.ref_kind)})")
+    relations = find_relations(rows, cfg.near_duplicate_threshold)
+    groups = groups_of(len(rows), relations)
+    splits = split_groups(groups, cfg.val_fraction, cfg.test_fraction, seed)
+    split_of = {i: s for s in SPLITS for i in splits[s]}
+    pair_kinds = {"exact instruction": relations.exact_instruction, "exact output": relations.exact_output,
+                  "near duplicate": relations.near_duplicate}
+    report = {
+        "rows": len(rows),
+        "groups": len(groups),
+        "grouped_rows": sum(len(g) for g in groups if len(g) > 1),
+        "largest_group": max(len(g) for g in groups),
+        "related_pairs": {k: len(v) for k, v in pair_kinds.items()},
+        "cross_split_pairs": {k: sum(split_of[a] != split_of[b] for a, b in v) for k, v in pair_kinds.items()},
+        "near_duplicate_threshold": cfg.near_duplicate_threshold,
+        "split_sizes": {s: len(splits[s]) for s in SPLITS},
+    }
+    return Curated(src, rows, splits, drops, report)
 
 
 @dataclass
 class PreparedData:
-    loaded: LoadedData
-    rows: list[dict]  # usable rows, in source order
+    curated: Curated
+    rows: list[dict]  # usable rows
     examples: list[Example]  # rows[i] encoded
     splits: dict[str, list[int]]  # split name -> positions in rows
-    too_long: list[int]  # positions in loaded.rows dropped for exceeding max_length
+    too_long: list[int]  # refs dropped for exceeding data.max_length tokens
 
     def rows_of(self, split: str) -> list[dict]:
         return [self.rows[i] for i in self.splits[split]]
@@ -26,31 +113,32 @@ class PreparedData:
         return [self.examples[i] for i in self.splits[split]]
 
     def summary(self) -> dict:
+        src = self.curated.source
+        drops = {**self.curated.drops, **({"over max_length tokens": self.too_long} if self.too_long else {})}
         return {
-            "source": self.loaded.source,
-            "kind": self.loaded.kind,
-            "sha256": self.loaded.sha256,
-            "rows_in_source": self.loaded.total_rows,
-            "rows_read": len(self.loaded.rows) + sum(len(v) for v in self.loaded.dropped.values()),
+            "source": src.source,
+            "kind": src.kind,
+            "sha256": self.curated.sha256,
+            "rows_read": src.total,
             "rows_used": len(self.rows),
-            "dropped": {**{k: len(v) for k, v in self.loaded.dropped.items()},
-                        **({"over max_length": len(self.too_long)} if self.too_long else {})},
+            "dropped": {k: len(v) for k, v in drops.items()},
             "split_sizes": {k: len(v) for k, v in self.splits.items()},
+            "split_report": self.curated.split_report,
         }
 
 
-def load_data(cfg: DataConfig) -> LoadedData:
-    return load_rows(cfg.source, fallback=cfg.fallback, limit=cfg.limit)
-
-
-def prepare_data(cfg: DataConfig, seed: int, fmt: PromptFormat, loaded: LoadedData | None = None) -> PreparedData:
-    """Encode and split; pass `loaded` when the rows were read already (to fail fast on bad data)."""
-    loaded = loaded or load_data(cfg)
-    encoded, too_long = fmt.encode_all(loaded.rows, cfg.max_length)
+def prepare_data(cfg: DataConfig, seed: int, fmt: PromptFormat, loaded: Rows | None = None) -> PreparedData:
+    """Curate, encode and split; pass `loaded` when the rows were read already."""
+    curated = curate(loaded or load_data(cfg), cfg, seed)
+    encoded, too_long_pos = fmt.encode_all(curated.rows, cfg.max_length)
+    too_long = [curated.rows[i]["ref"] for i in too_long_pos]
     if too_long:
-        print(f"codelora: dropped {len(too_long)} rows longer than data.max_length={cfg.max_length} tokens "
-              f"(row positions {too_long[:10]}{' ...' if len(too_long) > 10 else ''})", file=sys.stderr)
-    skip = set(too_long)
-    rows = [r for i, r in enumerate(loaded.rows) if i not in skip]
-    splits = split_indices(len(rows), cfg.val_fraction, cfg.test_fraction, seed)
-    return PreparedData(loaded=loaded, rows=rows, examples=encoded, splits=splits, too_long=too_long)
+        say(f"dropped {len(too_long)} rows longer than data.max_length={cfg.max_length} tokens "
+            f"({curated.source.ref_kind}s {too_long[:10]}{' ...' if len(too_long) > 10 else ''})")
+    # positions shift once the long rows are gone
+    skip = set(too_long_pos)
+    keep = [i for i in range(len(curated.rows)) if i not in skip]
+    new_pos = {old: new for new, old in enumerate(keep)}
+    rows = [curated.rows[i] for i in keep]
+    splits = {s: [new_pos[i] for i in v if i in new_pos] for s, v in curated.splits.items()}
+    return PreparedData(curated, rows, encoded, splits, too_long)

@@ -1,14 +1,13 @@
-"""Read instruction/input/output rows from a Hub dataset or a local JSON/JSONL/Parquet/CSV file.
+"""Read records from a Hub dataset, a local JSON/JSONL/Parquet/CSV file, or a prepared directory.
 
-Rows are plain dicts with string values. A column missing from the file is an error; a row
-that cannot be used (empty instruction or output, a non-text value) is dropped and counted by
-reason, never silently. The data issue adds the full validation and cleaning stage.
+Reading never drops silently: a JSON Lines line that is not valid JSON or not UTF-8 is recorded
+as a drop with its line number, and the validation stage (validate.py) decides the rest. A file
+that cannot be read at all, or lacks a required column everywhere, is an error.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,46 +18,62 @@ from codelora.hub import force_offline, hub_reachable
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+PREPARED_SPLITS = ("train", "validation", "test")
 
 
 @dataclass
-class LoadedData:
-    rows: list[dict]  # {"instruction", "input", "output"} strings, in source order
+class RawRecords:
+    records: list[dict]  # as read, in source order
+    refs: list[int]  # each record's line number (JSONL) or 1-based row number (other sources)
     source: str  # what was actually read (a path or a Hub id)
-    kind: str  # local | hub
-    total_rows: int  # rows in the source before --limit
-    dropped: dict[str, list[int]] = field(default_factory=dict)  # reason -> source row numbers (0-based)
+    kind: str  # local | hub | prepared
+    ref_kind: str = "row"  # "line" for JSON Lines
+    drops: dict[str, list[int]] = field(default_factory=dict)  # reason -> refs, from reading
+    splits: dict[str, list[int]] | None = None  # a prepared directory's own splits (record positions)
 
     @property
-    def sha256(self) -> str:
-        h = hashlib.sha256()
-        for r in self.rows:
-            h.update(json.dumps([r[c] for c in REQUIRED_COLUMNS], ensure_ascii=False).encode())
-            h.update(b"\n")
-        return h.hexdigest()
+    def total(self) -> int:
+        return len(self.records) + sum(len(v) for v in self.drops.values())
 
 
-def load_rows(source: str, fallback: str | None = None, limit: int | None = None) -> LoadedData:
+def is_prepared_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "manifest.json").is_file() and all(
+        (path / f"{s}.jsonl").is_file() for s in PREPARED_SPLITS)
+
+
+def read_source(source: str, fallback: str | None = None, limit: int | None = None) -> RawRecords:
     path = Path(source).expanduser()
-    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
-        raw, kind, used = _read_local(path), "local", str(path)
+    if is_prepared_dir(path):
+        raw = _read_prepared(path)
+    elif path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
+        raw = _read_local(path)
     else:
-        raw, kind, used = _read_hub(source, fallback)
-    total = len(raw)
+        raw = _read_hub(source, fallback)
     if limit is not None:
-        raw = raw[:limit]
-    rows, dropped = _validate(raw, used)
-    if not rows:
-        raise DataError(f"{used}: no usable rows (dropped: {_describe(dropped)})")
-    return LoadedData(rows=rows, source=used, kind=kind, total_rows=total, dropped=dropped)
+        _apply_limit(raw, limit)
+    present = set().union(*(r.keys() for r in raw.records)) if raw.records else set()
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        raise DataError(f"{raw.source}: missing required column(s) {', '.join(missing)}; "
+                        f"expected columns {', '.join(REQUIRED_COLUMNS)} (text is optional)")
+    return raw
 
 
-def _describe(dropped: dict[str, list[int]]) -> str:
-    return "; ".join(f"{len(v)} {k} (rows {', '.join(map(str, v[:5]))}{', ...' if len(v) > 5 else ''})"
-                     for k, v in dropped.items()) or "none"
+def _apply_limit(raw: RawRecords, limit: int) -> None:
+    """Keep the first `limit` records of the source (by position in the file, drops included)."""
+    if raw.splits is not None:
+        raise DataError(f"{raw.source} is a prepared directory: its splits are fixed, so --limit does not apply")
+    order = sorted([(ref, "row", i) for i, ref in enumerate(raw.refs)] +
+                   [(ref, reason, -1) for reason, refs in raw.drops.items() for ref in refs])[:limit]
+    keep = {i for _, kind, i in order if kind == "row"}
+    cut = {ref for ref, kind, _ in order}
+    raw.records = [r for i, r in enumerate(raw.records) if i in keep]
+    raw.refs = [ref for i, ref in enumerate(raw.refs) if i in keep]
+    raw.drops = {k: [r for r in v if r in cut] for k, v in raw.drops.items()}
+    raw.drops = {k: v for k, v in raw.drops.items() if v}
 
 
-def _read_local(path: Path) -> list[dict]:
+def _read_local(path: Path) -> RawRecords:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -68,14 +83,12 @@ def _read_local(path: Path) -> list[dict]:
         if suffix == ".json":
             return _read_json(path)
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
+            return _read_csv(path)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not valid UTF-8 (byte {e.start})") from None
+            rows = pq.read_table(path).to_pylist()
+            return RawRecords(rows, list(range(1, len(rows) + 1)), str(path), "local")
     except DataError:
         raise
     except Exception as e:  # pyarrow / csv errors: one line naming the file
@@ -83,39 +96,86 @@ def _read_local(path: Path) -> list[dict]:
     raise DataError(f"unsupported data file type {suffix!r} for {path}; use .json, .jsonl, .parquet or .csv")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
+def _read_jsonl(path: Path) -> RawRecords:
+    raw = RawRecords([], [], str(path), "local", ref_kind="line")
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raw.drops.setdefault("non-UTF-8 bytes", []).append(lineno)
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                raw.drops.setdefault("malformed JSON", []).append(lineno)
+                continue
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-    return rows
+                raw.drops.setdefault("malformed JSON", []).append(lineno)
+                continue
+            raw.records.append(obj)
+            raw.refs.append(lineno)
+    return raw
 
 
-def _read_json(path: Path) -> list[dict]:
+def _read_json(path: Path) -> RawRecords:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8 (byte {e.start}); JSON Lines files can drop bad lines instead") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        # Many ".json" datasets are JSON Lines in disguise.
-        try:
-            return _read_jsonl(path)
-        except DataError:
-            raise DataError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
+        if text.lstrip().startswith("{") and "\n" in text.strip():
+            return _read_jsonl(path)  # many ".json" datasets are JSON Lines in disguise
+        raise DataError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+    if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects with columns {', '.join(REQUIRED_COLUMNS)}")
-    return data
+    raw = RawRecords([], [], str(path), "local")
+    for i, obj in enumerate(data, 1):
+        if isinstance(obj, dict):
+            raw.records.append(obj)
+            raw.refs.append(i)
+        else:
+            raw.drops.setdefault("malformed JSON", []).append(i)
+    return raw
 
 
-def _read_hub(dataset_id: str, fallback: str | None) -> tuple[list[dict], str, str]:
+def _read_csv(path: Path) -> RawRecords:
+    raw = RawRecords([], [], str(path), "local")
+    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is dropped, not the file
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        for i, row in enumerate(csv.DictReader(f), 1):
+            if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
+                raw.drops.setdefault("non-UTF-8 bytes", []).append(i)
+            else:
+                raw.records.append(row)
+                raw.refs.append(i)
+    return raw
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _read_prepared(path: Path) -> RawRecords:
+    raw = RawRecords([], [], str(path), "prepared", splits={})
+    for split in PREPARED_SPLITS:
+        part = _read_jsonl(path / f"{split}.jsonl")
+        if part.drops:
+            raise DataError(f"{path / (split + '.jsonl')} is damaged ({', '.join(part.drops)}); run codelora data prepare again")
+        start = len(raw.records)
+        raw.records += part.records
+        raw.splits[split] = list(range(start, len(raw.records)))
+    raw.refs = list(range(1, len(raw.records) + 1))
+    return raw
+
+
+def _read_hub(dataset_id: str, fallback: str | None) -> RawRecords:
     if not hub_reachable():
         if fallback:
             if not Path(fallback).expanduser().is_file():
@@ -124,7 +184,7 @@ def _read_hub(dataset_id: str, fallback: str | None) -> tuple[list[dict], str, s
                     f"to the current directory) does not exist; pass a local file: --data path/to/file.jsonl"
                 )
             print(f"codelora: the Hugging Face Hub is unreachable; using the local fallback {fallback}", file=sys.stderr)
-            return _read_local(Path(fallback).expanduser()), "local", fallback
+            return _read_local(Path(fallback).expanduser())
         force_offline()  # a dataset already in the local Hugging Face cache still loads
     import datasets
 
@@ -141,37 +201,5 @@ def _read_hub(dataset_id: str, fallback: str | None) -> tuple[list[dict], str, s
         raise DataError(f"cannot load dataset '{dataset_id}': {first_line(e)}") from None
     except Exception as e:  # DatasetNotFoundError and friends
         raise DataError(f"cannot load dataset '{dataset_id}': {first_line(e)}") from None
-    return ds.to_list(), "hub", dataset_id
-
-
-def _validate(raw: list[dict], where: str) -> tuple[list[dict], dict[str, list[int]]]:
-    present = set().union(*(r.keys() for r in raw)) if raw else set()
-    missing = [c for c in REQUIRED_COLUMNS if c not in present]
-    if missing:
-        raise DataError(
-            f"{where}: missing required column(s) {', '.join(missing)}; "
-            f"expected columns {', '.join(REQUIRED_COLUMNS)} (text is optional)"
-        )
-    rows, dropped = [], {}
-    for i, r in enumerate(raw):
-        reason = None
-        values = {c: r.get(c) for c in REQUIRED_COLUMNS}
-        if values["input"] is None:
-            values["input"] = ""  # an absent input means "no input", as in the source dataset
-        if not all(isinstance(v, str) for v in values.values()):
-            reason = "non-text value"
-        elif not values["instruction"].strip():
-            reason = "empty instruction"
-        elif not values["output"].strip():
-            reason = "empty output"
-        if reason:
-            dropped.setdefault(reason, []).append(i)
-        else:
-            rows.append(values)
-    if dropped:
-        print(f"codelora: dropped rows of {where}: {_describe(dropped)}", file=sys.stderr)
-    return rows, dropped
-
-
-def count_reasons(dropped: dict[str, list[int]]) -> dict[str, int]:
-    return {k: len(v) for k, v in dropped.items()}
+    rows = ds.to_list()
+    return RawRecords(rows, list(range(1, len(rows) + 1)), dataset_id, "hub")

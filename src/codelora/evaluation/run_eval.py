@@ -38,9 +38,9 @@ def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: 
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
         expected = json.loads(manifest.read_text())["data"]["sha256"]
-        if expected != data.loaded.sha256:
+        if expected != data.curated.sha256:
             raise DataError(f"the data of {cfg.data.source} differs from what run {run_dir} was trained on "
-                            f"(sha256 {data.loaded.sha256[:12]} != {expected[:12]}); its test split cannot be rebuilt")
+                            f"(sha256 {data.curated.sha256[:12]} != {expected[:12]}); its test split cannot be rebuilt")
     model = load_adapter(base, run_dir)
     return compare_base_and_adapter(model, fmt, data.rows_of("test"), data.examples_of("test"), cfg.eval,
                                     tokenizer.pad_token_id, device, run_dir)

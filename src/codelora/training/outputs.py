@@ -27,7 +27,8 @@ def staged_run_dir(out: str | Path, overwrite: bool = False):
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CodeloraError(f"run directory {out} already exists and is not empty; pass --overwrite or choose --out")
+        raise CodeloraError(f"output directory {out} already exists and is not empty; pass --overwrite or choose "
+                            f"another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)

@@ -50,8 +50,10 @@ def train(cfg: RunConfig, run_dir: Path) -> TrainedRun:
     fmt = PromptFormat(tokenizer)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     sizes = data.summary()["split_sizes"]
-    say(f"data {data.loaded.source}: {len(data.rows)} rows -> train {sizes['train']}, "
-        f"validation {sizes['validation']}, test {sizes['test']}")
+    rep = data.curated.split_report
+    say(f"data {loaded.source}: {len(data.rows)} rows -> train {sizes['train']}, "
+        f"validation {sizes['validation']}, test {sizes['test']}"
+        + (f" ({rep['grouped_rows']} related rows kept together in {rep['groups']} groups)" if "groups" in rep else ""))
 
     model = apply_lora(model, cfg.lora, base_model=source.name)
     trainable, total = count_parameters(model)

@@ -1,0 +1,116 @@
+"""Duplicate and near-duplicate groups, so that related rows always land in the same split.
+
+Two rows are related when their normalised instructions match, their normalised outputs match,
+or their whole texts are near-duplicates: Jaccard similarity of token 3-shingles at or above a
+threshold, found with MinHash LSH (datasketch) and then confirmed exactly. Related rows are
+joined transitively (union-find) into groups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from codelora.data.clean import strip_fences
+
+TOKEN = re.compile(r"\w+|[^\w\s]")
+SHINGLE = 3
+NUM_PERM = 128
+
+
+def normalize(text: str) -> str:
+    """Lower-case, no code fences, whitespace collapsed: what 'the same text' means here."""
+    return " ".join(strip_fences(text).lower().split())
+
+
+def shingles(text: str, k: int = SHINGLE) -> set[str]:
+    toks = TOKEN.findall(normalize(text))
+    if len(toks) <= k:
+        return {" ".join(toks)}
+    return {" ".join(toks[i:i + k]) for i in range(len(toks) - k + 1)}
+
+
+def row_text(row: dict) -> str:
+    return f"{row['instruction']}\n{row['input']}\n{row['output']}"
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[max(ra, rb)] = min(ra, rb)
+        return True
+
+
+@dataclass
+class Relations:
+    exact_instruction: list[tuple[int, int]]
+    exact_output: list[tuple[int, int]]
+    near_duplicate: list[tuple[int, int]]
+
+    def all_pairs(self) -> list[tuple[int, int]]:
+        return self.exact_instruction + self.exact_output + self.near_duplicate
+
+
+def _exact_pairs(keys: list[str]) -> list[tuple[int, int]]:
+    first: dict[str, int] = {}
+    pairs = []
+    for i, k in enumerate(keys):
+        if k in first:
+            pairs.append((first[k], i))
+        else:
+            first[k] = i
+    return pairs
+
+
+def minhashes(sets: list[set[str]], seed: int = 1):
+    from datasketch import MinHash
+
+    return MinHash.bulk([[s.encode() for s in sh] for sh in sets], num_perm=NUM_PERM, seed=seed)
+
+
+def near_duplicate_pairs(sets: list[set[str]], threshold: float) -> list[tuple[int, int]]:
+    """Pairs (i < j) with Jaccard >= threshold; LSH proposes candidates, exact Jaccard decides."""
+    from datasketch import MinHashLSH
+
+    # a lower LSH threshold than the real one, so that few true pairs are missed by the sketch
+    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.15), num_perm=NUM_PERM)
+    pairs = set()
+    for i, mh in enumerate(minhashes(sets)):
+        for j in lsh.query(mh):
+            if jaccard(sets[i], sets[j]) >= threshold:
+                pairs.add((j, i))
+        lsh.insert(i, mh)
+    return sorted(pairs)
+
+
+def find_relations(rows: list[dict], threshold: float) -> Relations:
+    return Relations(
+        exact_instruction=_exact_pairs([normalize(r["instruction"]) for r in rows]),
+        exact_output=_exact_pairs([normalize(r["output"]) for r in rows]),
+        near_duplicate=near_duplicate_pairs([shingles(row_text(r)) for r in rows], threshold),
+    )
+
+
+def groups_of(n: int, relations: Relations) -> list[list[int]]:
+    uf = UnionFind(n)
+    for a, b in relations.all_pairs():
+        uf.union(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(uf.find(i), []).append(i)
+    return list(groups.values())

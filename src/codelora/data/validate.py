@@ -1,0 +1,74 @@
+"""Schema validation: which records can be used, and why each other one cannot.
+
+Every dropped record is kept in `drops` under its reason with its line/row number; nothing is
+dropped silently. Reasons: malformed JSON, non-UTF-8 bytes (from reading), missing field, wrong
+type, empty instruction, empty output, over length limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codelora.data.load import REQUIRED_COLUMNS, RawRecords
+from codelora.errors import DataError
+
+
+@dataclass
+class Rows:
+    rows: list[dict]  # instruction/input/output strings (+ text when present) and "ref"
+    source: str
+    kind: str
+    ref_kind: str
+    total: int  # records in the source (after --limit), usable or not
+    drops: dict[str, list[int]] = field(default_factory=dict)  # reason -> refs
+    splits: dict[str, list[int]] | None = None  # fixed splits of a prepared directory (positions in rows)
+
+    def drop_counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.drops.items()}
+
+
+def validate_records(raw: RawRecords, max_chars: int) -> Rows:
+    drops = {k: list(v) for k, v in raw.drops.items()}
+    rows, position = [], {}
+    for i, (rec, ref) in enumerate(zip(raw.records, raw.refs)):
+        reason = _problem(rec, max_chars)
+        if reason:
+            drops.setdefault(reason, []).append(ref)
+            continue
+        row = {c: rec[c] if rec[c] is not None else "" for c in REQUIRED_COLUMNS}
+        if isinstance(rec.get("text"), str):
+            row["text"] = rec["text"]
+        row["ref"] = ref
+        position[i] = len(rows)
+        rows.append(row)
+    splits = None
+    if raw.splits is not None:
+        splits = {k: [position[i] for i in v if i in position] for k, v in raw.splits.items()}
+    for refs in drops.values():
+        refs.sort()
+    return Rows(rows, raw.source, raw.kind, raw.ref_kind, raw.total, drops, splits)
+
+
+def _problem(rec: dict, max_chars: int) -> str | None:
+    if any(c not in rec for c in REQUIRED_COLUMNS):
+        return "missing field"
+    if rec["input"] is not None and not isinstance(rec["input"], str):  # null input means "no input"
+        return "wrong type"
+    if not isinstance(rec["instruction"], str) or not isinstance(rec["output"], str):
+        return "wrong type"
+    if not rec["instruction"].strip():
+        return "empty instruction"
+    if not rec["output"].strip():
+        return "empty output"
+    if sum(len(rec[c] or "") for c in REQUIRED_COLUMNS) > max_chars:
+        return "over length limit"
+    return None
+
+
+def check_drop_fraction(rows: Rows, max_fraction: float) -> None:
+    """Fail when validation dropped more than `max_fraction` of the records: the file is likely wrong."""
+    dropped = sum(len(v) for v in rows.drops.values())
+    if rows.total and dropped / rows.total > max_fraction:
+        detail = "; ".join(f"{len(v)} {k}" for k, v in rows.drops.items())
+        raise DataError(f"{rows.source}: {dropped} of {rows.total} rows failed validation ({detail}), more than "
+                        f"data.max_drop_fraction={max_fraction:g}; fix the file or raise the threshold")

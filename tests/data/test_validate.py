@@ -1,0 +1,58 @@
+"""One row of each malformation: exact per-reason counts with line numbers."""
+
+import json
+
+import pytest
+
+from codelora.config import DataConfig
+from codelora.data.dataset import load_data
+from codelora.errors import DataError
+
+GOOD = {"instruction": "Write add2.", "input": "", "output": "def add2(x):\n    return x + 2"}
+
+
+def malformed_file(tmp_path, n_good=40):
+    lines = [json.dumps({**GOOD, "instruction": f"Write add{i}."}).encode() for i in range(n_good)]
+    bad = {
+        "malformed JSON": b'{"instruction": "x", "input": ',
+        "non-UTF-8 bytes": b'{"instruction": "caf\xe9", "input": "", "output": "x"}',
+        "missing field": json.dumps({"instruction": "a", "input": ""}).encode(),
+        "wrong type": json.dumps({**GOOD, "output": 42}).encode(),
+        "empty instruction": json.dumps({**GOOD, "instruction": "  "}).encode(),
+        "empty output": json.dumps({**GOOD, "output": ""}).encode(),
+        "over length limit": json.dumps({**GOOD, "output": "x" * 5000}).encode(),
+    }
+    expected = {}
+    for k, (reason, line) in enumerate(bad.items()):
+        pos = 3 + 5 * k  # spread the bad rows through the file
+        lines.insert(pos, line)
+    for lineno, line in enumerate(lines, 1):
+        for reason, b in bad.items():
+            if line == b:
+                expected[reason] = [lineno]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")  # a trailing blank line is not a row
+    return path, expected
+
+
+def test_each_malformation_is_counted_with_its_line(tmp_path):
+    path, expected = malformed_file(tmp_path)
+    rows = load_data(DataConfig(source=str(path), max_chars=1000, max_drop_fraction=0.5))
+    assert rows.drops == expected
+    assert rows.drop_counts() == {k: 1 for k in expected}
+    assert len(rows.rows) == 40 and rows.total == 47 and rows.ref_kind == "line"
+    assert {r["ref"] for r in rows.rows}.isdisjoint(v[0] for v in expected.values())
+
+
+def test_too_many_drops_fail(tmp_path):
+    path, _ = malformed_file(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_data(DataConfig(source=str(path), max_chars=1000))  # 7 of 47 > 5%
+    assert "7 of 47 rows failed validation" in str(e.value) and "data.max_drop_fraction=0.05" in str(e.value)
+
+
+def test_csv_row_with_bad_bytes_is_dropped_alone(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"instruction,input,output\nok,,print(1)\nbad \xff,,print(2)\nfine,,print(3)\n")
+    rows = load_data(DataConfig(source=str(path), max_drop_fraction=0.5))
+    assert rows.drops == {"non-UTF-8 bytes": [2]} and [r["output"] for r in rows.rows] == ["print(1)", "print(3)"]
