@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cli_helpers import run_cli
 
 
@@ -54,3 +56,26 @@ def test_sigterm_mid_training_leaves_no_run_directory(tiny_model_dir, data_file,
     assert proc.returncode == 130 and "interrupted; no partial run directory was kept" in err
     assert "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob("run.partial-*"))
+
+
+@pytest.mark.slow
+def test_data_report_and_prepare_on_the_real_head(shared_head, tmp_path):
+    r = run_cli("data", "report", "--data", shared_head, "--out", tmp_path / "report", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = json.loads((tmp_path / "report" / "stats.json").read_text())
+    assert stats["rows"]["valid"] == 356 and stats["text_equals_concat"]["matches"] == 335
+    assert stats["tokens"]["output"]["max"] > 0
+    r = run_cli("data", "prepare", "--data", shared_head, "--out", tmp_path / "prep", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cross-split pairs: 0" in r.stderr
+    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    assert {k: v["rows"] for k, v in manifest["splits"].items()} == {"train": 284, "validation": 36, "test": 36}
+
+
+def test_prepare_fails_on_too_many_bad_rows(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "input": "", "output": "b"}\nnot json\n{"instruction": "c", "input": "", "output": "d"}\n')
+    r = run_cli("data", "prepare", "--data", path, "--out", tmp_path / "prep", timeout=300)
+    assert r.returncode == 1 and "1 of 3 rows failed validation (1 malformed JSON)" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("codelora: error:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "prep").exists()

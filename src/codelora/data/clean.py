@@ -33,6 +33,8 @@ def remove_comments(code: str) -> str | None:
         tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return None
+    if any(tok.type == tokenize.ERRORTOKEN for tok in tokens):  # e.g. an unclosed string
+        return None
     lines = code.splitlines(keepends=True)
     comment_only = set()
     for tok in reversed(tokens):  # right to left, so earlier columns stay valid

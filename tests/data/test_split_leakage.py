@@ -1,0 +1,94 @@
+"""Related rows never cross splits; the tests check with their own comparison, not the code's."""
+
+import itertools
+import random
+import re
+
+from codelora.config import DataConfig
+from codelora.data.dataset import curate, load_data
+from codelora.data.split import SPLITS
+from conftest import write_jsonl
+
+
+def _norm(text):
+    text = re.sub(r"```[a-z]*\n?", "", text)
+    return " ".join(text.lower().split())
+
+
+def _shingles(row):
+    toks = re.findall(r"\w+|[^\w\s]", _norm(f"{row['instruction']}\n{row['input']}\n{row['output']}"))
+    return {tuple(toks[i:i + 3]) for i in range(max(1, len(toks) - 2))}
+
+
+def cross_split_problems(cur, threshold=0.9):
+    """Pairs in different splits that are exact or near duplicates (brute force over all pairs)."""
+    split_of = {i: s for s in SPLITS for i in cur.splits[s]}
+    rows = cur.rows
+    sh = [_shingles(r) for r in rows]
+    bad = []
+    for a, b in itertools.combinations(range(len(rows)), 2):
+        if split_of[a] == split_of[b]:
+            continue
+        ra, rb = rows[a], rows[b]
+        jac = len(sh[a] & sh[b]) / len(sh[a] | sh[b])
+        if (_norm(ra["instruction"]) == _norm(rb["instruction"]) or _norm(ra["output"]) == _norm(rb["output"])
+                or jac >= threshold):
+            bad.append((a, b))
+    return bad
+
+
+def planted_rows(n_base=120, seed=0):
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta"]
+    base = []
+    for i in range(n_base):
+        name = f"{rng.choice(words)}_{i}"
+        body = " + ".join(f"{rng.choice(words)}_{rng.randint(0, 999)}" for _ in range(12))
+        base.append({"instruction": f"Write a function {name} that combines values number {i}.",
+                     "input": "", "output": f"```python\ndef {name}(x):\n    return x + {body}\n```"})
+    planted = []
+    for i in range(0, n_base, 4):  # near copies: one token changed at the very end
+        r = base[i]
+        planted.append({**r, "instruction": r["instruction"].replace(".", "!"),
+                        "output": r["output"].replace("\n```", "  \n```")})
+    for i in range(1, n_base, 10):  # exact output, different instruction
+        planted.append({**base[i], "instruction": f"Another wording of task {i}, please."})
+    rows = base + planted
+    rng.shuffle(rows)
+    return rows, len(planted)
+
+
+def test_planted_duplicates_stay_in_one_split(tmp_path):
+    rows, n_planted = planted_rows()
+    path = write_jsonl(tmp_path / "planted.jsonl", rows)
+    cfg = DataConfig(source=str(path))
+    cur = curate(load_data(cfg), cfg, seed=3)
+    assert cur.split_report["grouped_rows"] >= 2 * n_planted
+    assert sum(cur.split_report["cross_split_pairs"].values()) == 0
+    assert cross_split_problems(cur) == []
+    sizes = cur.split_report["split_sizes"]
+    assert sum(sizes.values()) == len(rows) and sizes["test"] >= 0.08 * len(rows)
+    # and the same split without grouping would leak: the planted pairs are real duplicates
+    from codelora.data.split import split_indices
+
+    naive = split_indices(len(cur.rows), 0.1, 0.1, seed=3)
+    cur.splits = naive
+    assert cross_split_problems(cur)
+
+
+def test_real_head_has_no_cross_split_duplicates(shared_head):
+    cfg = DataConfig(source=str(shared_head))
+    cur = curate(load_data(cfg), cfg, seed=42)
+    assert cross_split_problems(cur) == []
+    assert cur.split_report["cross_split_pairs"] == {"exact instruction": 0, "exact output": 0, "near duplicate": 0}
+    assert cur.split_report["grouped_rows"] == 10  # five outputs appear twice in the head
+
+
+def test_split_is_seeded():
+    rows, _ = planted_rows(40)
+    from codelora.data.dataset import Rows
+
+    src = Rows([{**r, "ref": i + 1} for i, r in enumerate(rows)], "mem", "local", "row", len(rows))
+    a = curate(src, DataConfig(), seed=1).splits
+    assert curate(src, DataConfig(), seed=1).splits == a
+    assert curate(src, DataConfig(), seed=2).splits != a
