@@ -174,7 +174,8 @@ def write_charts(src: Rows, stats: dict, out: Path, tok_lens: dict[str, list[int
     charts.append(("categories.png", "Keyword task categories of instructions"))
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.hist([code_lines(r["output"]) for r in rows], bins=range(0, 60), color="tab:purple")
+    counts = [code_lines(r["output"]) for r in rows]
+    ax.hist(counts, bins=range(0, max(counts, default=0) + 2), color="tab:purple")
     ax.set_title("Lines of code per output snippet")
     ax.set_xlabel("non-empty lines")
     ax.set_ylabel("rows")
