@@ -79,3 +79,20 @@ def test_prepare_fails_on_too_many_bad_rows(tmp_path):
     assert r.returncode == 1 and "1 of 3 rows failed validation (1 malformed JSON)" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("codelora: error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "prep").exists()
+
+
+def test_prepare_is_identical_across_processes_and_hash_seeds(data_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"prep{seed}"
+        r = subprocess.run([sys.executable, "-m", "codelora", "data", "prepare", "--data", str(data_file), "--out",
+                            str(out)], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(out)
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "manifest.json", "split_report.md"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

@@ -7,6 +7,16 @@ def test_remove_comments_keeps_hash_inside_strings():
     assert remove_comments(code) == 'url = "http://x/#anchor"\nprint(\'#not\')\n'
 
 
+def test_prose_and_odd_line_breaks_survive_comment_removal():
+    from codelora.data.clean import remove_answer_comments
+
+    assert remove_answer_comments("You can write it in C# or Python") == "You can write it in C# or Python"
+    assert remove_answer_comments("Steps:\n# Install\npip install x") == "Steps:\n# Install\npip install x"
+    # a form feed inside a string is one line to the tokenizer, two to str.splitlines
+    assert remove_comments('s = "a\x0cb"  # c1\nx = 1  # c2\n') == 's = "a\x0cb"\nx = 1\n'
+    assert extract_code("```python\n```") == "" and strip_fences("```python\n```") == ""
+
+
 def test_remove_comments_leaves_untokenizable_code_alone():
     assert remove_comments('x = "unclosed\n') is None
 

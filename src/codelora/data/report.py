@@ -102,6 +102,7 @@ def compute_stats(src: Rows, cfg: DataConfig, tokenizer=None) -> tuple[dict, dic
         "rows_after_cleaning": len(cleaned),
         "cleaning": {k: v for k, v in vars(cfg.clean).items()},
         "cleaning_drops": {k: len(v) for k, v in clean_drops.items()},
+        "cleaning_drop_refs": clean_drops,
     }
     with_text = [r for r in rows if "text" in r]
     stats["text_equals_concat"] = {
@@ -229,6 +230,8 @@ def render_report(stats: dict, charts: list[tuple[str, str]]) -> str:
               f"| code block, after cleaning ({a['rows_after_cleaning']:,} rows) | {a['code_block_after_cleaning']:.1%} |",
               "", "Cleaning: " + ", ".join(f"{k}={v}" for k, v in a["cleaning"].items()) + "; dropped by cleaning: "
               + (", ".join(f"{v} {k}" for k, v in a["cleaning_drops"].items()) or "none") + "."]
+    for k, refs in a["cleaning_drop_refs"].items():
+        lines.append(f"- {k}: {r['ref_kind']}s {', '.join(map(str, refs[:20]))}{' ...' if len(refs) > 20 else ''}")
     t = stats["text_equals_concat"]
     if t["rows_with_text"]:
         lines += ["", f"Rows whose `text` equals instruction + ' ' + input + ' ' + output: {t['matches']:,} of "
