@@ -11,6 +11,11 @@ BIN := $(VENV)/bin
 .PHONY: install demo test clean
 
 $(BIN)/codelora: pyproject.toml
+	# bubblewrap isolates model-generated code (no network, private filesystem); best effort: without
+	# it the sandbox still runs, with reduced isolation, and says so in its reports
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) ; } || \
+		echo "note: bubblewrap not installed; code-execution sandbox has reduced isolation"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)

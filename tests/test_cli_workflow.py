@@ -96,3 +96,38 @@ def test_prepare_is_identical_across_processes_and_hash_seeds(data_file, tmp_pat
         outs.append(out)
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "manifest.json", "split_report.md"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_eval_refuses_to_execute_without_the_flag(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"task_id": "t/1", "instruction": "Write f() returning 1.", "entry_point": "f",
+                                 "test": "def check(c):\n    assert c() == 1\n"}) + "\n")
+    comps = tmp_path / "c.jsonl"
+    comps.write_text(json.dumps({"task_id": "t/1", "completion": "import pathlib\ntry:\n"
+                                 f"    pathlib.Path({str(tmp_path / 'ran')!r}).write_text('x')\n"
+                                 "except OSError:\n    pass\ndef f():\n    return 1\n"}) + "\n")
+    r = run_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 1 and "needs --allow-code-execution" in r.stderr and "nothing was executed" in r.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+    r = run_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out",
+                "--allow-code-execution", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "exec_report.json").read_text())
+    assert report["models"]["completions"]["pass@1"] == 1.0
+    assert not (tmp_path / "ran").exists()  # the sandbox could not write outside its own directory
+
+
+def test_eval_humaneval_completions_through_the_cli(tmp_path):
+    from codelora.evaluation.execution import humaneval_tasks
+
+    tasks = humaneval_tasks(limit=10)
+    for name, text in (("canonical", None), ("empty", "")):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"task_id": t.task_id, "completion": t.canonical if text is None else text})
+                                + "\n" for t in tasks))
+        r = run_cli("eval", "--suite", "humaneval", "--limit", "10", "--completions", path, "--out", tmp_path / name,
+                    "--allow-code-execution", timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        report = json.loads((tmp_path / name / "exec_report.json").read_text())
+        assert report["models"]["completions"]["pass@1"] == (1.0 if text is None else 0.0)
+        assert (tmp_path / name / "exec_pass_at_1.png").read_bytes()[:4] == b"\x89PNG"

@@ -86,3 +86,24 @@ def test_ask_answers_with_the_adapter(e2e_run):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip()
     assert "Traceback" not in r.stderr
+
+
+def test_execution_eval_of_base_and_adapter(e2e_run, tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(t) + "\n" for t in [
+        {"task_id": "sq", "instruction": "Write a Python function square(x) that returns x squared.",
+         "entry_point": "square", "test": "def check(f):\n    assert f(3) == 9\n    assert f(-2) == 4\n"},
+        {"task_id": "rev", "instruction": "Write a Python function rev(s) that returns the string s reversed.",
+         "entry_point": "rev", "test": "def check(f):\n    assert f('abc') == 'cba'\n"},
+    ]))
+    run, _ = e2e_run
+    r = run_cli("eval", "--tasks", tasks, "--adapter", run, "--out", tmp_path / "out", "--max-new-tokens", "64",
+                "--allow-code-execution")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "exec_report.json").read_text())
+    assert set(report["models"]) == {"base", "run"}
+    for m in report["models"].values():
+        assert m["tasks"] == 2 and m["samples"] == 2 and 0.0 <= m["pass@1"] <= 1.0
+        assert sum(m["status"].values()) == 2
+    answers = json.loads((tmp_path / "out" / "exec_answers.json").read_text())
+    assert answers["base"]["sq"][0] and answers["run"]["sq"][0]

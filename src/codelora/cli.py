@@ -80,10 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", help="YAML config; its data section (and model, for the tokenizer) is used")
         _add_overrides(q)
 
-    p = sub.add_parser("eval", help="evaluate a run's adapter against its base model on the test split")
-    p.add_argument("run_dir")
-    p.add_argument("--limit", type=int, help="generate answers for only the first N test rows")
+    p = sub.add_parser("eval", help="base vs adapter(s): text metrics on a run's test split, or pass@k by "
+                                    "running generated code (HumanEval or a tasks file) in a sandbox")
+    p.add_argument("run_dir", nargs="?", help="a run directory: text metrics on its test split (and, with --suite "
+                                              "or --tasks, its adapter is evaluated)")
+    p.add_argument("--suite", choices=["humaneval"], help="the 164 HumanEval problems")
+    p.add_argument("--tasks", help="JSONL of task_id, instruction, entry_point, test")
+    p.add_argument("--completions", help="score these completions (task_id, completion) instead of a model")
+    p.add_argument("--adapter", action="append", default=[], help="adapter run directory to compare (repeatable)")
+    p.add_argument("--model", help="base model (default: the adapter's base, else smollm2-135m)")
+    p.add_argument("--samples", type=int, default=1, help="samples per task (pass@k for k <= samples)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature when --samples > 1")
+    p.add_argument("--limit", type=int, help="only the first N tasks / test rows")
     p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per sample in the sandbox")
+    p.add_argument("--out", help="where execution reports go (default: RUN_DIR, else runs/eval-SUITE)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required to run model-generated code (in a sandboxed process)")
 
     p = sub.add_parser("ask", help="answer a Python question with the base model or an adapter")
     p.add_argument("question")
@@ -135,11 +148,7 @@ def _dispatch(args) -> int:
         (data_report if args.data_command == "report" else data_prepare)(cfg, args.out, overwrite=args.overwrite)
         return 0
     if args.command == "eval":
-        from codelora.evaluation.compare import render_markdown
-        from codelora.evaluation.run_eval import evaluate_run
-
-        print(render_markdown(evaluate_run(args.run_dir, args.limit, args.max_new_tokens)))
-        return 0
+        return _eval(args)
     if args.command == "ask":
         from codelora.serving.ask import ask
 
@@ -147,6 +156,48 @@ def _dispatch(args) -> int:
             device=args.device, stream=True)
         return 0
     raise AssertionError(args.command)
+
+
+def _eval(args) -> int:
+    from pathlib import Path
+
+    if not (args.suite or args.tasks):
+        if args.completions or args.adapter:
+            raise CodeloraError("--completions and --adapter go with --suite humaneval or --tasks FILE")
+        if not args.run_dir:
+            raise CodeloraError("give a RUN_DIR (text metrics on its test split) or --suite humaneval / --tasks FILE")
+        from codelora.evaluation.compare import render_markdown
+        from codelora.evaluation.run_eval import evaluate_run
+
+        print(render_markdown(evaluate_run(args.run_dir, args.limit, args.max_new_tokens)))
+        return 0
+    if args.suite and args.tasks:
+        raise CodeloraError("choose one of --suite humaneval and --tasks FILE")
+    if args.samples < 1:
+        raise CodeloraError(f"--samples must be at least 1, got {args.samples}")
+    from codelora.evaluation.exec_eval import (evaluate_models, render_exec_markdown, require_execution_flag,
+                                               score_completions)
+    from codelora.evaluation.execution import humaneval_tasks, load_tasks_file
+    from codelora.evaluation.sandbox import Limits
+
+    tasks = humaneval_tasks(args.limit) if args.suite else load_tasks_file(args.tasks, args.limit)
+    adapters = list(args.adapter) + ([args.run_dir] if args.run_dir else [])
+    out = Path(args.out or (args.run_dir if args.run_dir else f"runs/eval-{args.suite or Path(args.tasks).stem}"))
+    require_execution_flag(args.allow_code_execution)  # after the inputs are checked, before anything runs
+    limits = Limits(timeout_s=args.timeout, cpu_s=max(1, int(args.timeout)))
+    if args.completions:
+        report = score_completions(tasks, args.completions, out, limits)
+    else:
+        from codelora.config import ModelConfig
+        from codelora.serving.ask import base_model_of
+
+        model_cfg = ModelConfig(name=args.model) if args.model else (
+            base_model_of(Path(adapters[0])) if adapters else ModelConfig())
+        report = evaluate_models(tasks, model_cfg, adapters, out, samples=args.samples, temperature=args.temperature,
+                                 max_new_tokens=args.max_new_tokens or 384, limits=limits)
+    print(render_exec_markdown(report))
+    print(f"codelora: wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png", file=sys.stderr)
+    return 0
 
 
 def _raise_interrupt(signum, frame):

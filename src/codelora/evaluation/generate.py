@@ -23,7 +23,8 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torc
 
 @torch.inference_mode()
 def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tokens: int, batch_size: int,
-                     device: str, streamer=None) -> list[str]:
+                     device: str, streamer=None, temperature: float = 0.0, top_p: float = 0.95) -> list[str]:
+    """Greedy answers (temperature 0), or sampled ones (seed torch first for repeatability)."""
     tok = fmt.tok
     prompts = [fmt.prompt_ids(q) for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -35,9 +36,9 @@ def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tok
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
-            do_sample=False,  # greedy: deterministic answers for evaluation
-            temperature=None,
-            top_p=None,
+            do_sample=temperature > 0,  # greedy by default: deterministic answers for evaluation
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
             top_k=None,
             eos_token_id=fmt.stop_ids,
             pad_token_id=tok.pad_token_id,

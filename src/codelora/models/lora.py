@@ -49,13 +49,18 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False, adapter_name: str = "default"):
     """Attach a saved adapter (a codelora run directory or any peft adapter folder)."""
     from peft import PeftModel
 
+    d = check_adapter_dir(adapter_dir)
+    return PeftModel.from_pretrained(model, str(d), is_trainable=trainable, adapter_name=adapter_name)
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
     d = Path(adapter_dir)
     if not (d / "adapter_config.json").is_file():
         raise ModelError(f"{d} holds no adapter (adapter_config.json is missing); pass a run directory of codelora train")
     if not (d / "adapter_model.safetensors").is_file():
         raise ModelError(f"{d} has no adapter_model.safetensors; codelora loads adapters only as safetensors")
-    return PeftModel.from_pretrained(model, str(d), is_trainable=trainable)
+    return d

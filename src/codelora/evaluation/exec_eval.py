@@ -1,0 +1,165 @@
+"""`codelora eval --suite humaneval | --tasks FILE [--completions FILE]`: pass@k for the base
+model and one or more adapters, side by side (markdown, JSON, bar chart)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from codelora.config import ModelConfig
+from codelora.data.prompts import PromptFormat
+from codelora.errors import CodeloraError
+from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
+from codelora.evaluation.generate import generate_answers
+from codelora.evaluation.sandbox import Limits, isolation
+from codelora.training.outputs import write_json_atomic, write_text_atomic
+
+EXECUTION_FLAG_MESSAGE = (
+    "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "
+    "process (no network, capped memory, processes, CPU time and output); nothing was executed"
+)
+
+
+def say(msg: str) -> None:
+    print(f"codelora: {msg}", file=sys.stderr, flush=True)
+
+
+def _ks(samples: int) -> tuple[int, ...]:
+    return tuple(k for k in (1, 5, 10, 100) if k <= samples)
+
+
+def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Limits = Limits()) -> dict:
+    completions = load_completions(path, tasks)
+    scored = [t for t in tasks if t.task_id in completions]
+    n = min(len(v) for v in completions.values())
+    t0 = time.perf_counter()
+    results = execute(scored, completions, limits)
+    report = _report({"completions": (summarize(results, _ks(n)), results)}, scored, limits, time.perf_counter() - t0)
+    report["completions_file"] = str(path)
+    _write(report, {"completions": results}, out)
+    return report
+
+
+def _generate(model, fmt, tasks: list[Task], samples: int, temperature: float, max_new_tokens: int,
+              batch_size: int, device: str, seed: int) -> dict[str, list[str]]:
+    questions = [t.instruction for t in tasks]
+    if samples == 1:
+        answers = generate_answers(model, fmt, questions, max_new_tokens, batch_size, device)
+        return {t.task_id: [a] for t, a in zip(tasks, answers)}
+    out: dict[str, list[str]] = {t.task_id: [] for t in tasks}
+    for i in range(samples):
+        torch.manual_seed(seed + i)
+        answers = generate_answers(model, fmt, questions, max_new_tokens, batch_size, device,
+                                   temperature=temperature)
+        for t, a in zip(tasks, answers):
+            out[t.task_id].append(a)
+    return out
+
+
+def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, samples: int = 1,
+                    temperature: float = 0.8, max_new_tokens: int = 384, batch_size: int = 8, device: str = "auto",
+                    seed: int = 0, limits: Limits = Limits()) -> dict:
+    from codelora.models.lora import check_adapter_dir, load_adapter
+    from codelora.models.sources import load_base, pick_device
+
+    dev = pick_device(device)
+    base, tokenizer, _ = load_base(model_cfg, dev)
+    fmt = PromptFormat(tokenizer)
+    model, names = base, []
+    for i, adapter in enumerate(adapters):
+        name = Path(adapter).name or f"adapter{i}"
+        if name in names or name == "base":
+            name = f"{name}-{i}"
+        if i == 0:
+            model = load_adapter(base, adapter, adapter_name=name)
+        else:
+            model.load_adapter(str(check_adapter_dir(adapter)), adapter_name=name)
+        names.append(name)
+    entries, all_results, answers = {}, {}, {}
+    t0 = time.perf_counter()
+    for name in ["base", *names]:
+        ctx = model.disable_adapter() if name == "base" and names else contextlib.nullcontext()
+        if name != "base":
+            model.set_adapter(name)
+        say(f"{name}: generating {samples} answer(s) for {len(tasks)} tasks ...")
+        with ctx:
+            answers[name] = _generate(model, fmt, tasks, samples, temperature, max_new_tokens, batch_size, dev, seed)
+        say(f"{name}: running {sum(len(v) for v in answers[name].values())} samples in the sandbox ...")
+        results = execute(tasks, answers[name], limits, from_chat=True)
+        entries[name] = (summarize(results, _ks(samples)), results)
+        all_results[name] = results
+    report = _report(entries, tasks, limits, time.perf_counter() - t0)
+    report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)), "samples_per_task": samples,
+                   "temperature": temperature if samples > 1 else 0.0, "max_new_tokens": max_new_tokens})
+    _write(report, all_results, out, answers)
+    return report
+
+
+def _report(entries: dict, tasks: list[Task], limits: Limits, seconds: float) -> dict:
+    return {
+        "suite": tasks[0].kind if tasks else "",
+        "tasks": len(tasks),
+        "isolation": isolation(),
+        "limits": vars(limits),
+        "seconds": round(seconds, 1),
+        "models": {name: summary for name, (summary, _) in entries.items()},
+    }
+
+
+def _write(report: dict, results: dict[str, list[TaskResult]], out: Path, answers: dict | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "exec_report.json", report)
+    write_text_atomic(out / "exec_report.md", render_exec_markdown(report))
+    plot_pass_at_1(report, out / "exec_pass_at_1.png")
+    for name, res in results.items():
+        write_text_atomic(out / f"exec_samples_{name}.jsonl", results_to_jsonl(res))
+    if answers:
+        write_text_atomic(out / "exec_answers.json", json.dumps(answers, indent=1, ensure_ascii=False))
+
+
+def render_exec_markdown(report: dict) -> str:
+    models = report["models"]
+    ks = sorted({int(k[5:]) for m in models.values() for k in m if k.startswith("pass@") and k[5:].isdigit()})
+    head = "| model | tasks | samples | " + " | ".join(f"pass@{k}" for k in ks) + " | pass@1 95% CI | passed | failed | timeout |"
+    lines = [f"# Execution evaluation: {report['suite']} ({report['tasks']} tasks)", "",
+             f"Sandbox isolation: {report['isolation']}; limits: "
+             + ", ".join(f"{k}={v}" for k, v in report["limits"].items()) + ".", "",
+             head, "| --- |" + " ---: |" * (len(ks) + 6)]
+    for name, m in models.items():
+        lo, hi = m["pass@1_ci95"]
+        lines.append(f"| {name} | {m['tasks']} | {m['samples']} | "
+                     + " | ".join(f"{m.get(f'pass@{k}', float('nan')):.3f}" for k in ks)
+                     + f" | {lo:.3f}-{hi:.3f} | {m['status']['passed']} | {m['status']['failed']} | {m['status']['timeout']} |")
+    lines += ["", "pass@k: the unbiased estimator over n samples per task; the interval is a 95% bootstrap over tasks.",
+              "Per-sample outcomes: exec_samples_<model>.jsonl.", ""]
+    return "\n".join(lines)
+
+
+def plot_pass_at_1(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    vals = [report["models"][n].get("pass@1", 0.0) for n in names]
+    err = [[v - report["models"][n]["pass@1_ci95"][0] for n, v in zip(names, vals)],
+           [report["models"][n]["pass@1_ci95"][1] - v for n, v in zip(names, vals)]]
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(names) + 2), 4), dpi=110)
+    ax.bar(names, vals, yerr=err, capsize=6, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("pass@1 (95% CI)")
+    ax.set_title(f"pass@1 on {report['suite']} ({report['tasks']} tasks)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def require_execution_flag(allowed: bool) -> None:
+    if not allowed:
+        raise CodeloraError(EXECUTION_FLAG_MESSAGE)

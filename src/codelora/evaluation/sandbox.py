@@ -1,0 +1,194 @@
+"""Run untrusted, model-generated Python in a sandbox process: never in the codelora process.
+
+Each sample gets a fresh temporary directory and its own process group, and runs as:
+
+    setpriv (root only: drop to a per-slot unprivileged uid)
+      -> prlimit (address space, processes, file size, CPU seconds, no core dumps)
+        -> bwrap (read-only /usr, private /tmp, /proc, /dev; no network, PID, IPC namespaces
+                  of its own; only the sample's directory is writable)
+          -> /usr/bin/python3 -I -B prog.py
+
+A wall-clock timeout kills the whole group (and, as root, every process of the slot's uid).
+stdout and stderr go to files capped by RLIMIT_FSIZE, so 100 MB of output ends the sample.
+A sample passes only if the program writes a random token to a marker file *after* check()
+returns: sys.exit(0) or os._exit(0) before the asserts is a failure.
+
+Where bwrap cannot start, the sandbox falls back to rlimits + own session + (as root) a
+distinct uid, and `isolation()` says "reduced": then writes outside the directory are limited
+only by file permissions and the network is not blocked.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON = "/usr/bin/python3"  # readable by an unprivileged uid (venvs under /root are not)
+UID_BASE = 61000  # slot k runs as uid UID_BASE + k: RLIMIT_NPROC counts per uid
+MARKER = "__codelora_passed__"
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0  # wall clock
+    cpu_s: int = 10
+    memory_mb: int = 1024  # RLIMIT_AS
+    processes: int = 32  # RLIMIT_NPROC (per uid; enforced only when started as root)
+    file_mb: int = 8  # RLIMIT_FSIZE: any file, stdout and stderr included
+    output_chars: int = 4000  # kept of stdout/stderr for the report
+
+
+@dataclass
+class Outcome:
+    status: str  # passed | failed | timeout
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_works() -> bool:
+    if not shutil.which("bwrap"):
+        return False
+    try:
+        return subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def isolation() -> str:
+    """'full' (bwrap namespaces + rlimits) or 'reduced' (rlimits and own session only)."""
+    return "full" if bwrap_works() else "reduced"
+
+
+def _command(workdir: Path, limits: Limits, uid: int | None) -> list[str]:
+    cmd = []
+    if uid is not None:
+        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    cmd += ["prlimit", f"--as={limits.memory_mb << 20}", f"--fsize={limits.file_mb << 20}",
+            f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}", "--core=0", "--nofile=64"]
+    if uid is not None:
+        cmd.append(f"--nproc={limits.processes}")
+    cmd.append("--")
+    if bwrap_works():
+        cmd += ["bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64",
+                "/lib64", "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--bind", str(workdir), "/sandbox", "--chdir", "/sandbox", "--unshare-all", "--die-with-parent",
+                "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/sandbox",
+                PYTHON, "-I", "-B", "prog.py"]
+    else:
+        cmd += [PYTHON, "-I", "-B", str(workdir / "prog.py")]
+    return cmd
+
+
+@functools.lru_cache(maxsize=1)
+def _become_subreaper() -> bool:
+    """Orphans of a sample (bwrap's own child, a daemonised grandchild) are re-parented to us
+    instead of to PID 1, so we can reap them at once: a zombie still counts against the uid's
+    RLIMIT_NPROC, and some init processes reap only every few seconds."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _pids_of(uid: int) -> list[int]:
+    """Live processes of `uid`; zombies that are our children are reaped on the way."""
+    pids, me = [], os.getpid()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    pids.append(int(pid))
+                elif int(fields[1]) == me:
+                    os.waitpid(int(pid), os.WNOHANG)
+            except (FileNotFoundError, ProcessLookupError, ChildProcessError, IndexError):
+                pass
+    return pids
+
+
+def _kill_uid(uid: int, wait_s: float = 5.0) -> None:
+    """Kill every process of the slot's uid (children that left the process group too), and
+    wait until they are gone: RLIMIT_NPROC would otherwise count them against the next sample."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = _pids_of(uid)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _read_capped(path: Path, limit: int) -> str:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    text = data[:limit].decode("utf-8", "replace")
+    return text + ("\n[... truncated]" if len(data) > limit else "")
+
+
+def run_program(program: str, limits: Limits = Limits(), slot: int = 0) -> Outcome:
+    """Run `program` in the sandbox; it passes only if it reaches its end (the appended marker)."""
+    token = secrets.token_hex(16)
+    source = program + f"\n\nwith open({MARKER!r}, 'w') as _f:\n    _f.write({token!r})\n"
+    root = os.geteuid() == 0
+    uid = UID_BASE + slot if root else None
+    _become_subreaper()
+    host = Path(tempfile.mkdtemp(prefix="codelora-sandbox-"))
+    try:
+        work = host / "work"
+        work.mkdir()
+        (work / "prog.py").write_text(source, encoding="utf-8")
+        if uid is not None:
+            os.chown(work, uid, uid)
+            os.chown(work / "prog.py", uid, uid)
+        os.chmod(host, 0o711)
+        t0 = time.perf_counter()
+        with open(host / "stdout", "wb") as out, open(host / "stderr", "wb") as err:
+            proc = subprocess.Popen(_command(work, limits, uid), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, cwd=work, env={"PATH": "/usr/bin:/bin"})
+            try:
+                rc = proc.wait(timeout=limits.timeout_s)
+                status = None
+            except subprocess.TimeoutExpired:
+                rc, status = None, "timeout"
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()  # reap first: a zombie still counts as a process of the uid
+                if uid is not None:
+                    _kill_uid(uid)
+        seconds = time.perf_counter() - t0
+        marker = work / MARKER
+        passed = status is None and rc == 0 and marker.is_file() and not marker.is_symlink() \
+            and marker.read_text(errors="replace") == token
+        return Outcome(status or ("passed" if passed else "failed"), rc,
+                       _read_capped(host / "stdout", limits.output_chars),
+                       _read_capped(host / "stderr", limits.output_chars), round(seconds, 3))
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
