@@ -57,3 +57,15 @@ def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):
     assert "| eval loss (answer tokens) |" in md and "| BLEU (sacrebleu, 0-100) |" in md
     samples = [json.loads(x) for x in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and samples[0]["reference"] == test_rows[0]["output"]
+
+
+def test_rouge_exact_match_and_syntax():
+    from codelora.evaluation.metrics import exact_match, rouge_scores, syntax_valid
+
+    refs = ["```python\nx = 1\n```", "def f():\n    return 2"]
+    hyps = ["Here:\n```python\nx = 1\n```", "def f(:\n    return 2"]
+    assert exact_match(hyps, refs) == 0.5
+    assert syntax_valid(hyps) == 0.5
+    s = rouge_scores(refs, refs)
+    assert s["rouge1_f1"] == pytest.approx(1.0) and s["rouge2_recall"] == pytest.approx(1.0)
+    assert set(s) == {f"{k}_{m}" for k in ("rouge1", "rouge2", "rougeL") for m in ("precision", "recall", "f1")}

@@ -16,7 +16,7 @@ from pathlib import Path
 from codelora.config import EvalConfig
 from codelora.data.prompts import user_message
 from codelora.evaluation.generate import generate_answers
-from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
+from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.training.loss import validation_loss
 from codelora.training.outputs import write_json_atomic, write_text_atomic
 
@@ -24,7 +24,13 @@ METRICS = [  # key, label, higher is better
     ("eval_loss", "eval loss (answer tokens)", False),
     ("perplexity", "perplexity", False),
     ("bleu", "BLEU (sacrebleu, 0-100)", True),
+    ("rouge1_f1", "ROUGE-1 F1 (0-1)", True),
+    ("rouge2_f1", "ROUGE-2 F1 (0-1)", True),
+    ("rougeL_precision", "ROUGE-L precision", True),
+    ("rougeL_recall", "ROUGE-L recall", True),
     ("rougeL_f1", "ROUGE-L F1 (0-1)", True),
+    ("exact_match", "exact match (code)", True),
+    ("syntax_valid", "syntax valid (ast.parse of the code)", True),
 ]
 
 
@@ -38,7 +44,9 @@ def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id:
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "bleu": corpus_bleu(answers, refs),
-        "rougeL_f1": mean_rouge_l(answers, refs),
+        **rouge_scores(answers, refs),
+        "exact_match": exact_match(answers, refs),
+        "syntax_valid": syntax_valid(answers),
         "seconds": round(time.perf_counter() - t0, 1),
     }, answers
 
