@@ -9,6 +9,7 @@ import yaml
 from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
+TASKS_FILE = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "tasks" / "python_basics.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def e2e_run(tmp_path_factory):
         "model": {"name": "smollm2-135m"},
         "data": {"source": str(data), "limit": 24},
         "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3},
-        "eval": {"max_new_tokens": 24, "batch_size": 4},
+        "eval": {"max_new_tokens": 24, "batch_size": 4, "tasks": str(TASKS_FILE), "tasks_limit": 2,
+                 "allow_code_execution": True},
     }))
     result = run_cli("run", config)
     return tmp / "run", result
@@ -42,6 +44,9 @@ def test_run_writes_every_output(e2e_run):
     assert manifest["model"]["kind"] == "embedded" and manifest["parameters"]["trainable"] == 1_843_200
     assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
     assert "trainable parameters 1,843,200 of 136,358,208" in result.stderr
+    exec_report = json.loads((run / "exec_report.json").read_text())  # `run` also ran eval.tasks
+    assert set(exec_report["models"]) == {"base", "adapter"} and exec_report["tasks"] == 2
+    assert "| model | tasks | samples | pass@1 |" in result.stdout
 
 
 def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):

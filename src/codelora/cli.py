@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train, then evaluate base vs adapter on the test split")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="allow eval.tasks to run model-generated code (sandboxed)")
     _add_overrides(p)
 
     p = sub.add_parser("data", help="data report (EDA) and data prepare (clean, dedup, split)")
@@ -126,6 +128,11 @@ def _dispatch(args) -> int:
         from codelora.training.train import train
 
         cfg = _config_from_args(args, args.config)
+        if args.command == "run" and cfg.eval.tasks:  # fail before training, not after
+            from codelora.evaluation.exec_eval import load_suite, require_execution_flag
+
+            require_execution_flag(cfg.eval.allow_code_execution or args.allow_code_execution)
+            tasks = load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
         with staged_run_dir(cfg.out, overwrite=args.overwrite) as run_dir:
             trained = train(cfg, run_dir)
             if args.command == "run":
@@ -135,6 +142,14 @@ def _dispatch(args) -> int:
                 trained.run_dir = run_dir
                 report = evaluate_trained(trained, cfg)
                 print(render_markdown(report))
+                if cfg.eval.tasks:
+                    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown
+
+                    exec_report = evaluate_models(tasks, cfg.model, [str(run_dir)], run_dir,
+                                                  max_new_tokens=cfg.eval.max_new_tokens,
+                                                  batch_size=cfg.eval.batch_size, device=cfg.train.device,
+                                                  adapter_names=["adapter"])
+                    print(render_exec_markdown(exec_report))
         print(f"codelora: wrote {cfg.out}", file=sys.stderr)
         print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
               file=sys.stderr)

@@ -144,6 +144,11 @@ class EvalConfig:
     max_new_tokens: int = 256  # generation budget per answer
     batch_size: int = 16  # prompts generated together (batched greedy decoding)
     limit: int | None = None  # generate for only the first N test rows (loss always uses all)
+    # `run` only: after the text metrics, pass@1 of base vs adapter on "humaneval" or a tasks
+    # JSONL file, by running the generated code in the sandbox (needs allow_code_execution)
+    tasks: str | None = None
+    tasks_limit: int | None = None  # only the first N tasks
+    allow_code_execution: bool = False
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:

@@ -55,6 +55,7 @@ def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):
     assert json.loads((tmp_path / "eval_report.json").read_text()) == report
     md = (tmp_path / "eval_report.md").read_text()
     assert "| eval loss (answer tokens) |" in md and "| BLEU (sacrebleu, 0-100) |" in md
+    assert (tmp_path / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
     samples = [json.loads(x) for x in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and samples[0]["reference"] == test_rows[0]["output"]
 

@@ -71,3 +71,15 @@ def test_completions_file_errors(tmp_path):
     path.write_text('{"task_id": "nope", "completion": "x"}\n')
     with pytest.raises(DataError, match="unknown task_id 'nope'"):
         load_completions(path, tasks)
+
+
+def test_the_shipped_tasks_file_is_solvable():
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    tasks = load_tasks_file(here.parents[2] / "configs" / "tasks" / "python_basics.jsonl")
+    solutions = load_completions(here.parent / "python_basics_solutions.jsonl", tasks)
+    assert len(tasks) == len(solutions) == 12
+    assert summarize(execute(tasks, solutions))["pass@1"] == 1.0
+    wrong = {t.task_id: ["def nothing():\n    pass\n"] for t in tasks}
+    assert summarize(execute(tasks, wrong))["pass@1"] == 0.0

@@ -69,6 +69,7 @@ def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: Eval
     }
     write_json_atomic(out_dir / "eval_report.json", report)
     write_text_atomic(out_dir / "eval_report.md", render_markdown(report))
+    plot_comparison(report, out_dir / "eval_report.png")
     samples = [
         {"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
          "base": answers["base"][i], "adapter": answers["adapter"][i]}
@@ -76,6 +77,31 @@ def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: Eval
     ]
     write_text_atomic(out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     return report
+
+
+def plot_comparison(report: dict, path: Path) -> None:
+    """Grouped bars, base vs adapter, for the metrics on a 0-1 scale (BLEU divided by 100)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("bleu", "BLEU/100"), ("rouge1_f1", "ROUGE-1 F1"), ("rouge2_f1", "ROUGE-2 F1"),
+            ("rougeL_f1", "ROUGE-L F1"), ("exact_match", "exact match"), ("syntax_valid", "syntax valid")]
+    models = report["models"]
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    for i, (name, color) in enumerate((("base", "tab:gray"), ("adapter", "tab:blue"))):
+        vals = [models[name][k] / (100 if k == "bleu" else 1) for k, _ in keys]
+        ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, label=name, color=color)
+    ax.set_xticks(x, [label for _, label in keys])
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Base vs adapter on the held-out test split ({report['rows_generated']} answers)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def render_markdown(report: dict) -> str:
@@ -94,5 +120,5 @@ def render_markdown(report: dict) -> str:
         better = "adapter" if (a > b if higher else a < b) else ("same" if a == b else "base")
         lines.append(f"| {label} | {b:.4f} | {a:.4f} | {better} |")
     lines += ["", f"Time: base {base['seconds']} s, adapter {adapter['seconds']} s. "
-                  "Answers side by side: eval_samples.jsonl.", ""]
+                  "Answers side by side: eval_samples.jsonl.", "", "![base vs adapter](eval_report.png)", ""]
     return "\n".join(lines)

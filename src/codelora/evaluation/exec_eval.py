@@ -63,7 +63,7 @@ def _generate(model, fmt, tasks: list[Task], samples: int, temperature: float, m
 
 def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, samples: int = 1,
                     temperature: float = 0.8, max_new_tokens: int = 384, batch_size: int = 8, device: str = "auto",
-                    seed: int = 0, limits: Limits = Limits()) -> dict:
+                    seed: int = 0, limits: Limits = Limits(), adapter_names: list[str] | None = None) -> dict:
     from codelora.models.lora import check_adapter_dir, load_adapter
     from codelora.models.sources import load_base, pick_device
 
@@ -72,7 +72,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
     fmt = PromptFormat(tokenizer)
     model, names = base, []
     for i, adapter in enumerate(adapters):
-        name = Path(adapter).name or f"adapter{i}"
+        name = (adapter_names[i] if adapter_names else Path(adapter).name) or f"adapter{i}"
         if name in names or name == "base":
             name = f"{name}-{i}"
         if i == 0:
@@ -158,6 +158,13 @@ def plot_pass_at_1(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def load_suite(spec: str, limit: int | None = None) -> list[Task]:
+    """'humaneval' or a tasks JSONL path."""
+    from codelora.evaluation.execution import humaneval_tasks, load_tasks_file
+
+    return humaneval_tasks(limit) if spec == "humaneval" else load_tasks_file(spec, limit)
 
 
 def require_execution_flag(allowed: bool) -> None:
