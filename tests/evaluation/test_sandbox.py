@@ -25,6 +25,8 @@ def test_a_correct_program_passes_and_an_early_exit_does_not():
     assert run_program("raise SystemExit", LIMITS).status == "failed"
 
 
+@pytest.mark.skipif(isolation() != "full", reason="bubblewrap cannot start here: the sandbox runs with reduced "
+                    "isolation (documented); install bubblewrap (make test does, as root) to run this test")
 def test_adversarial_corpus(tmp_path):
     canary = tmp_path / "canary.txt"
     canary.write_text("keep me")
@@ -65,8 +67,7 @@ def test_adversarial_corpus(tmp_path):
     assert elapsed < 9 * (LIMITS.timeout_s + 6)
     if os.geteuid() == 0:
         assert _uid_processes(61000) == []  # no forked child outlives its sample
-    if isolation() == "full":
-        assert not connected  # a private network namespace: the host's loopback is unreachable
+    assert not connected  # a private network namespace: the host's loopback is unreachable
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-uid process caps need root to switch uids")
