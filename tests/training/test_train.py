@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from codelora.config import load_config_file, parse_config
 from codelora.errors import CodeloraError

@@ -8,7 +8,6 @@ completion runs in the sandbox (sandbox.py), two at a time (one per core).
 from __future__ import annotations
 
 import json
-import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from codelora.data.clean import extract_code
-from codelora.errors import DataError, first_line
+from codelora.errors import DataError
 from codelora.evaluation.sandbox import Limits, Outcome, run_program
 
 TASK_FIELDS = ("task_id", "instruction", "entry_point", "test")
@@ -50,11 +49,10 @@ def humaneval_question(prompt: str) -> str:
     return f"Complete the following Python function. Answer with the whole function in a Python code block.\n\n```python\n{prompt.rstrip()}\n```"
 
 
-def load_tasks_file(path: str | Path, limit: int | None = None) -> list[Task]:
-    path = Path(path)
+def _jsonl_objects(path: Path, what: str):
+    """(line number, object) for each non-blank line; a bad line is a one-line error."""
     if not path.is_file():
-        raise DataError(f"tasks file not found: {path}")
-    tasks, seen = [], set()
+        raise DataError(f"{what} file not found: {path}")
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -62,6 +60,15 @@ def load_tasks_file(path: str | Path, limit: int | None = None) -> list[Task]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, obj
+
+
+def load_tasks_file(path: str | Path, limit: int | None = None) -> list[Task]:
+    path = Path(path)
+    tasks, seen = [], set()
+    for lineno, obj in _jsonl_objects(path, "tasks"):
         missing = [f for f in TASK_FIELDS if not isinstance(obj.get(f), str) or not obj[f].strip()]
         if missing:
             raise DataError(f"{path}:{lineno}: missing or empty field(s) {', '.join(missing)}; each task needs "
@@ -78,17 +85,9 @@ def load_tasks_file(path: str | Path, limit: int | None = None) -> list[Task]:
 def load_completions(path: str | Path, tasks: list[Task]) -> dict[str, list[str]]:
     """task_id -> completions, from JSONL lines with `task_id` and `completion`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"completions file not found: {path}")
     known = {t.task_id for t in tasks}
     out: dict[str, list[str]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+    for lineno, obj in _jsonl_objects(path, "completions"):
         if not isinstance(obj.get("task_id"), str) or not isinstance(obj.get("completion"), str):
             raise DataError(f"{path}:{lineno}: each line needs a string task_id and a string completion")
         if obj["task_id"] not in known:
@@ -192,7 +191,3 @@ def results_to_jsonl(results: list[TaskResult]) -> str:
             lines.append(json.dumps({"task_id": r.task_id, "sample": i, "status": o.status, "returncode": o.returncode,
                                      "seconds": o.seconds, "stderr_tail": o.stderr[-500:]}))
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def _unused() -> None:  # keep linters calm about imports used only in type positions
-    _ = (math, first_line)
