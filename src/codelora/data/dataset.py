@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 
+from codelora.console import say
 from codelora.config import DataConfig
 from codelora.data.clean import clean_rows
 from codelora.data.dedup import cross_split_audit, find_relations, groups_of
@@ -21,9 +21,6 @@ from codelora.data.split import SPLITS, split_groups
 from codelora.data.validate import Rows, check_drop_fraction, validate_records
 from codelora.errors import DataError
 
-
-def say(msg: str) -> None:
-    print(f"codelora: {msg}", file=sys.stderr, flush=True)
 
 
 def content_sha256(rows: list[dict]) -> str:

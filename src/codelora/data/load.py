@@ -150,7 +150,7 @@ def _read_csv(path: Path) -> RawRecords:
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is dropped, not the file
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         for i, row in enumerate(csv.DictReader(f), 1):
-            if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
+            if any(isinstance(v, str) and has_surrogates(v) for v in row.values()):
                 raw.drops.setdefault("non-UTF-8 bytes", []).append(i)
             else:
                 raw.records.append(row)
@@ -158,8 +158,9 @@ def _read_csv(path: Path) -> RawRecords:
     return raw
 
 
-def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
+def has_surrogates(s: str) -> bool:
+    """Lone surrogates: undecodable bytes (surrogateescape) or "\\udc80"-style JSON escapes."""
+    return any("\ud800" <= ch <= "\udfff" for ch in s)
 
 
 def _read_prepared(path: Path) -> RawRecords:

@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from codelora.config import RunConfig
-from codelora.data.dataset import curate, load_data, say
+from codelora.console import say
+from codelora.data.dataset import curate, load_data
 from codelora.data.report import compute_stats, render_report, write_charts
 from codelora.data.split import SPLITS
 from codelora.training.outputs import staged_run_dir, write_json_atomic

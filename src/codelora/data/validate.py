@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codelora.data.load import REQUIRED_COLUMNS, RawRecords
+from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates
 from codelora.errors import DataError
 
 
@@ -56,7 +56,7 @@ def _problem(rec: dict, max_chars: int) -> str | None:
         return "wrong type"
     if not isinstance(rec["instruction"], str) or not isinstance(rec["output"], str):
         return "wrong type"
-    if any(_has_surrogates(rec[c] or "") for c in REQUIRED_COLUMNS):
+    if any(has_surrogates(rec[c] or "") for c in REQUIRED_COLUMNS):
         return "non-UTF-8 bytes"  # lone surrogates, e.g. "\udc80" escapes in JSON: not encodable text
     if not rec["instruction"].strip():
         return "empty instruction"
@@ -65,10 +65,6 @@ def _problem(rec: dict, max_chars: int) -> str | None:
     if sum(len(rec[c] or "") for c in REQUIRED_COLUMNS) > max_chars:
         return "over length limit"
     return None
-
-
-def _has_surrogates(s: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in s)
 
 
 def check_drop_fraction(rows: Rows, max_fraction: float) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from codelora.console import say
 from codelora.config import ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
@@ -24,9 +24,6 @@ EXECUTION_FLAG_MESSAGE = (
     "process (no network, capped memory, processes, CPU time and output); nothing was executed"
 )
 
-
-def say(msg: str) -> None:
-    print(f"codelora: {msg}", file=sys.stderr, flush=True)
 
 
 def _ks(samples: int) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from codelora.console import say
 from codelora.config import RunConfig, TrainConfig, dump_config
 from codelora.data.dataset import PreparedData, load_data, prepare_data
 from codelora.data.prompts import Example, PromptFormat
@@ -33,9 +34,6 @@ class TrainedRun:
     device: str
     run_dir: Path
 
-
-def say(msg: str) -> None:
-    print(f"codelora: {msg}", file=sys.stderr, flush=True)
 
 
 def train(cfg: RunConfig, run_dir: Path) -> TrainedRun:
