@@ -30,7 +30,7 @@ def test_bad_input_is_one_line(case, args, message, tmp_path, data_file, no_colu
     assert len(lines) == 1 and lines[0].startswith("codelora: error:"), r.stderr
     assert message in lines[0]
     assert "Traceback" not in r.stderr + r.stdout
-    assert not out.exists() and not list(tmp_path.glob("run.partial-*"))
+    assert not out.exists() and not list(tmp_path.glob("run.partial*"))
 
 
 def test_ask_with_a_missing_adapter(tmp_path):

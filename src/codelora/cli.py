@@ -1,7 +1,7 @@
 """The `codelora` command line: a thin layer that maps each subcommand to one function.
 
     codelora train [--config FILE] [--model M] [--data SRC] [--out DIR] ...
-    codelora run CONFIG.yaml [overrides]
+    codelora run CONFIG.yaml [overrides] [--resume]
     codelora eval RUN_DIR
     codelora ask "question" [--adapter RUN_DIR]
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -32,6 +33,8 @@ OVERRIDES = {
     "lora_r": "lora.r",
     "lora_alpha": "lora.alpha",
     "lora_dropout": "lora.dropout",
+    "save_every": "train.save_every",
+    "trust_remote_code": "model.trust_remote_code",
 }
 
 
@@ -54,9 +57,19 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-r", type=int)
     g.add_argument("--lora-alpha", type=float)
     g.add_argument("--lora-dropout", type=float)
+    g.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N optimizer steps (0: only when stopped)")
+    g.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="allow a Hub model to run its own Python code (off by default)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set lora.target_modules=all-linear (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its newest verified checkpoint (same command + --resume)")
+    p.add_argument("--allow-partial-resume", action="store_true",
+                   help="with --resume, accept a checkpoint without optimizer or RNG state (results will differ)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a LoRA adapter; writes a run directory")
     p.add_argument("--config", help="YAML config (see configs/)")
     _add_overrides(p)
+    _add_resume(p)
 
     p = sub.add_parser("run", help="train, then evaluate base vs adapter on the test split")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="allow eval.tasks to run model-generated code (sandboxed)")
     _add_overrides(p)
+    _add_resume(p)
 
     p = sub.add_parser("data", help="data report (EDA) and data prepare (clean, dedup, split)")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
@@ -124,36 +139,7 @@ def _config_from_args(args, config_path: str | None):
 
 def _dispatch(args) -> int:
     if args.command in ("train", "run"):
-        from codelora.training.outputs import staged_run_dir
-        from codelora.training.train import train
-
-        cfg = _config_from_args(args, args.config)
-        if args.command == "run" and cfg.eval.tasks:  # fail before training, not after
-            from codelora.evaluation.exec_eval import load_suite, require_execution_flag
-
-            require_execution_flag(cfg.eval.allow_code_execution or args.allow_code_execution)
-            tasks = load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
-        with staged_run_dir(cfg.out, overwrite=args.overwrite) as run_dir:
-            trained = train(cfg, run_dir)
-            if args.command == "run":
-                from codelora.evaluation.compare import render_markdown
-                from codelora.evaluation.run_eval import evaluate_trained
-
-                trained.run_dir = run_dir
-                report = evaluate_trained(trained, cfg)
-                print(render_markdown(report))
-                if cfg.eval.tasks:
-                    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown
-
-                    exec_report = evaluate_models(tasks, cfg.model, [str(run_dir)], run_dir,
-                                                  max_new_tokens=cfg.eval.max_new_tokens,
-                                                  batch_size=cfg.eval.batch_size, device=cfg.train.device,
-                                                  adapter_names=["adapter"])
-                    print(render_exec_markdown(exec_report))
-        print(f"codelora: wrote {cfg.out}", file=sys.stderr)
-        print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
-              file=sys.stderr)
-        return 0
+        return _train_or_run(args)
     if args.command == "data":
         from codelora.data.prepare import data_prepare, data_report
 
@@ -171,6 +157,62 @@ def _dispatch(args) -> int:
             device=args.device, stream=True)
         return 0
     raise AssertionError(args.command)
+
+
+def _resume_command() -> str:
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["codelora", *argv, "--resume"])
+
+
+def _train_or_run(args) -> int:
+    from pathlib import Path
+
+    from codelora.console import say
+    from codelora.errors import TrainingStopped
+    from codelora.training.outputs import partial_dir, staged_run_dir
+    from codelora.training.train import train
+
+    cfg = _config_from_args(args, args.config)
+    if args.allow_partial_resume and not args.resume:
+        raise CodeloraError("--allow-partial-resume goes with --resume")
+    partial = partial_dir(cfg.out)
+    if args.resume and (Path(cfg.out) / "manifest.json").is_file() and not partial.exists():
+        say(f"{cfg.out} is already complete; nothing to resume")
+        return 0
+    if args.command == "run" and cfg.eval.tasks:  # fail before training, not after
+        from codelora.evaluation.exec_eval import load_suite, require_execution_flag
+
+        require_execution_flag(cfg.eval.allow_code_execution or args.allow_code_execution)
+        tasks = load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
+    try:
+        with staged_run_dir(cfg.out, overwrite=args.overwrite, resume=args.resume) as run_dir:
+            trained = train(cfg, run_dir, resume=args.resume, allow_partial_resume=args.allow_partial_resume)
+            if args.command == "run":
+                from codelora.evaluation.compare import render_markdown
+                from codelora.evaluation.run_eval import evaluate_trained
+
+                report = evaluate_trained(trained, cfg)
+                print(render_markdown(report))
+                if cfg.eval.tasks:
+                    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown
+
+                    exec_report = evaluate_models(tasks, cfg.model, [str(run_dir)], run_dir,
+                                                  max_new_tokens=cfg.eval.max_new_tokens,
+                                                  batch_size=cfg.eval.batch_size, device=cfg.train.device,
+                                                  adapter_names=["adapter"])
+                    print(render_exec_markdown(exec_report))
+    except TrainingStopped as stopped:
+        say(f"{stopped}; checkpoint written to {stopped.checkpoint}")
+        say(f"resume with: {_resume_command()}")
+        return 0
+    except (Exception, KeyboardInterrupt) as e:
+        if partial.is_dir():  # staged_run_dir keeps it only when it holds a checkpoint
+            e.add_note(f"checkpoints kept in {partial}; resume with: {_resume_command()}")
+        raise
+    print(f"codelora: wrote {cfg.out}", file=sys.stderr)
+    print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
+          file=sys.stderr)
+    return 0
 
 
 def _eval(args) -> int:
@@ -228,17 +270,25 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except CodeloraError as e:
         print(f"codelora: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        kept = "; no partial run directory was kept" if args.command in ("train", "run") else ""
+        return _notes(e, 1)
+    except KeyboardInterrupt as e:
+        notes = getattr(e, "__notes__", None)
+        kept = "; no partial run directory was kept" if args.command in ("train", "run") and not notes else ""
         print(f"codelora: interrupted{kept}", file=sys.stderr)
-        return 130
+        return _notes(e, 130)
     except Exception as e:  # a bug or an environment failure (disk full, out of memory): one line
         if os.environ.get("CODELORA_DEBUG"):
             raise
         print(f"codelora: error: {type(e).__name__}: {first_line(e)} (set CODELORA_DEBUG=1 for the traceback)",
               file=sys.stderr)
-        return 1
+        return _notes(e, 1)
+
+
+def _notes(e: BaseException, code: int) -> int:
+    """Print what was added to an error on its way up (e.g. how to resume), then return the exit code."""
+    for note in getattr(e, "__notes__", []):
+        print(f"codelora: {note}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

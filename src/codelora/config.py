@@ -124,6 +124,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 0  # validation loss every N steps; 0 = before training and after each epoch
     device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
+    save_every: int = 50  # checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C
+    keep_checkpoints: int = 2  # newest checkpoints kept while training; removed when the run completes
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -133,6 +135,10 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be at least 1, got {self.max_steps}; omit it to train by epochs")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}; LoRA usually uses 1e-4 to 5e-4")
+        if self.save_every < 0:
+            raise ConfigError(f"train.save_every must be 0 (checkpoint only when stopped) or a step count, got {self.save_every}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.eval_every < 0:
             raise ConfigError(f"train.eval_every must be 0 (epoch ends only) or a positive step count, got {self.eval_every}")
         if not 0.0 <= self.warmup_ratio < 1.0:

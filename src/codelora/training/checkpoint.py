@@ -1,0 +1,248 @@
+"""Training checkpoints: written atomically, verified by sha256 before use, loaded without pickle.
+
+A checkpoint is a directory `checkpoints/step-00000012/` holding
+
+    adapter_config.json, adapter_model.safetensors   the LoRA weights (a valid peft adapter folder)
+    optimizer.pt                                      AdamW state (tensors; read with weights_only=True)
+    rng_state.pt                                      python, numpy, torch (and CUDA) RNG states
+    trainer_state.json                                step, epoch, data position, scheduler, loss log
+    checkpoint.json                                   the manifest: sha256 and size of every file above
+
+It is written into `checkpoints/.tmp-step-.../`, every file fsynced, and renamed into place: a
+reader sees a whole checkpoint or none. Checkpoints are only taken between optimizer steps, so no
+half-accumulated gradient ever needs saving: a kill inside an accumulation window replays the
+window from its first micro-batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codelora.console import say
+from codelora.errors import CodeloraError
+from codelora.training.outputs import describe_os_error
+
+FORMAT = 1
+MANIFEST = "checkpoint.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+OPTIMIZER = "optimizer.pt"
+RNG = "rng_state.pt"
+STATE = "trainer_state.json"
+TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(CodeloraError):
+    """A checkpoint that cannot be used (refused, not merely corrupt)."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    files: dict[str, dict]
+
+    @property
+    def complete(self) -> bool:
+        return OPTIMIZER in self.files and RNG in self.files
+
+    def state(self) -> dict:
+        return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),  # (version, tuple of ints, gauss): plain types
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int) -> Path:
+    """Write checkpoint `step` under `root` atomically, then keep only the newest `keep`.
+
+    A failed write (disk full, permission denied) removes its temporary directory, leaves every
+    earlier checkpoint untouched and raises a CodeloraError that says so.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f"{TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        # adapter_config.json + adapter_model.safetensors, exactly as a run directory holds them
+        model.save_pretrained(tmp, save_embedding_layers=False)
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: not needed in a checkpoint
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        torch.save(rng_state(), tmp / RNG)
+        (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
+        files = {}
+        for p in sorted(tmp.iterdir()):
+            _fsync(p)
+            files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        manifest = {"format": FORMAT, "step": step, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
+        if final.exists():  # a checkpoint of this step from a run that was cut off after it: replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_name(root)
+        kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
+        raise CodeloraError(f"could not write checkpoint {final}: {describe_os_error(e)}; {kept}") from None
+    _prune(root, keep)
+    return final
+
+
+def latest_name(root: Path) -> str | None:
+    names = sorted(p.name for p in root.glob("step-*") if p.is_dir())
+    return names[-1] if names else None
+
+
+def _prune(root: Path, keep: int) -> None:
+    dirs = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in dirs[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- finding and verifying ------------------------------------------------------------------------
+
+
+def verify(path: Path) -> Checkpoint:
+    """Return the checkpoint if its manifest lists the adapter and every listed file matches its sha256."""
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise ValueError(f"no {MANIFEST} (the write was cut off)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        files, step = manifest["files"], int(manifest["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{MANIFEST} is unreadable ({e})") from None
+    missing = [n for n in (*ADAPTER_FILES, STATE) if n not in files]
+    if missing:
+        raise ValueError(f"the manifest lists no {', '.join(missing)}")
+    for name, meta in files.items():
+        p = path / name
+        if Path(name).name != name or not p.is_file():
+            raise ValueError(f"{name} is missing")
+        if p.stat().st_size != meta.get("bytes") or _sha256(p) != meta.get("sha256"):
+            raise ValueError(f"{name} does not match its sha256 in the manifest")
+    return Checkpoint(path, step, files)
+
+
+def find_latest(root: Path) -> Checkpoint | None:
+    """The newest checkpoint under `root` that verifies; cut-off or corrupt ones are skipped with a warning."""
+    if not root.is_dir():
+        return None
+    for tmp in root.glob(f"{TMP_PREFIX}*"):
+        say(f"warning: removing {tmp.name}, a checkpoint whose write was cut off")
+        shutil.rmtree(tmp, ignore_errors=True)
+    for path in sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True):
+        try:
+            return verify(path)
+        except ValueError as e:
+            say(f"warning: skipping checkpoint {path.name}: {e}; trying an earlier one")
+    return None
+
+
+# --- loading (never unpickles arbitrary objects) --------------------------------------------------
+
+
+def _load_tensors(path: Path, what: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"refusing {path}: the {what} holds objects other than tensors and plain values, which could run code "
+            f"when loaded ({type(e).__name__}); it was not loaded"
+        ) from None
+
+
+def load_checkpoint(ckpt: Checkpoint, model, optimizer, allow_partial: bool) -> dict:
+    """Restore adapter weights, optimizer and RNG states; return the trainer state."""
+    from peft import set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not ckpt.complete:
+        absent = [n for n in (OPTIMIZER, RNG) if n not in ckpt.files]
+        if not allow_partial:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} has no {' or '.join(absent)}: resuming would not reproduce the run; "
+                f"pass --allow-partial-resume to continue with fresh {'optimizer' if OPTIMIZER in absent else 'RNG'} "
+                f"state anyway"
+            )
+        say(f"warning: resuming from {ckpt.path.name} without {', '.join(absent)} (--allow-partial-resume): "
+            f"the result will differ from an uninterrupted run")
+    try:
+        weights = load_file(ckpt.path / "adapter_model.safetensors")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"refusing {ckpt.path}/adapter_model.safetensors: {e}") from None
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model (unexpected weights such as "
+                              f"{unexpected[0]}); was it written with another lora config?")
+    if OPTIMIZER in ckpt.files:
+        optimizer.load_state_dict(_load_tensors(ckpt.path / OPTIMIZER, "optimizer state"))
+    if RNG in ckpt.files:
+        state = _load_tensors(ckpt.path / RNG, "RNG state")
+        try:
+            set_rng_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"refusing {ckpt.path / RNG}: not an RNG state written by codelora ({e})") from None
+    return ckpt.state()
