@@ -35,6 +35,7 @@ OVERRIDES = {
     "lora_dropout": "lora.dropout",
     "save_every": "train.save_every",
     "trust_remote_code": "model.trust_remote_code",
+    "quantize": "model.quantize",
 }
 
 
@@ -58,6 +59,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=float)
     g.add_argument("--lora-dropout", type=float)
     g.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N optimizer steps (0: only when stopped)")
+    g.add_argument("--quantize", choices=["none", "8bit", "4bit"],
+                   help="load the base model quantized (bitsandbytes; CUDA GPUs only): QLoRA with 4bit")
     g.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="allow a Hub model to run its own Python code (off by default)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -176,6 +179,12 @@ def _train_or_run(args) -> int:
     if args.allow_partial_resume and not args.resume:
         raise CodeloraError("--allow-partial-resume goes with --resume")
     partial = partial_dir(cfg.out)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate: rank 0 owns the run directory
+        try:
+            train(cfg, partial, resume=args.resume, allow_partial_resume=args.allow_partial_resume)
+        except TrainingStopped:
+            pass
+        return 0
     if args.resume and (Path(cfg.out) / "manifest.json").is_file() and not partial.exists():
         say(f"{cfg.out} is already complete; nothing to resume")
         return 0

@@ -112,3 +112,44 @@ def test_an_existing_run_needs_overwrite(tmp_path):
     with staged_run_dir(out, overwrite=True) as d:
         (d / "new.txt").write_text("x")
     assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_two_processes_under_torchrun_write_one_adapter_equal_to_one_process(tiny_model_dir, data_file, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU) == one process with grad_accum 2: same micro-batches per step."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    common = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-steps", "6", "--batch-size",
+              "4", "--lr", "5e-3", "--lora-r", "4", "--seed", "4", "--save-every", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "codelora", *common,
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stderr
+    one = subprocess.run([sys.executable, "-m", "codelora", *common, "--set", "train.grad_accum=2",
+                          "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "single"]  # one run dir, no leftovers
+    a, b = load_file(tmp_path / "ddp" / "adapter_model.safetensors"), load_file(tmp_path / "single" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    steps = [json.loads(line) for line in (tmp_path / "ddp" / "loss_log.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "single" / "loss_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in steps] == [e["step"] for e in ref]
+    for x, y in zip(steps, ref):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 * max(1.0, abs(y["loss"]))
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["precision"] == "float32"
+
+
+def test_quantize_without_a_gpu_is_a_clear_error(tiny_model_dir, data_file, tmp_path):
+    from cli_helpers import run_cli
+
+    r = run_cli("train", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "q", "--max-steps", "1",
+                "--quantize", "4bit", timeout=300)
+    assert r.returncode == 1 and "model.quantize=4bit needs a CUDA GPU (bitsandbytes)" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "q").exists() and not (tmp_path / "q.partial").exists()

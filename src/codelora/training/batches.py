@@ -28,6 +28,25 @@ def length_grouped_batches(examples: list[Example], batch_size: int, seed: int) 
     return batches
 
 
+def split_to_budget(batch: list[int], examples: list[Example], max_tokens: int) -> list[list[int]]:
+    """Split a micro-batch whose padded size (rows x longest row) exceeds `max_tokens`.
+
+    The pieces are summed into the same gradient (the loss is normalised by the whole window's
+    supervised tokens), so the result does not change; only peak memory does. Longest rows first,
+    so each piece pads little.
+    """
+    order = sorted(batch, key=lambda i: len(examples[i].input_ids), reverse=True)
+    pieces, piece, width = [], [], 0
+    for i in order:
+        n = len(examples[i].input_ids)
+        if piece and (len(piece) + 1) * max(width, n) > max_tokens:
+            pieces.append(piece)
+            piece, width = [], 0
+        piece.append(i)
+        width = max(width, n)
+    return pieces + [piece] if piece else pieces
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row; pads get attention 0 and label -100."""
     width = max(len(e.input_ids) for e in examples)

@@ -130,10 +130,10 @@ class LossLog:
     checkpoint and were lost with the process do not appear twice.
     """
 
-    def __init__(self, path: Path, entries: list[dict] = ()):
-        self.path = path
+    def __init__(self, path: Path | None, entries: list[dict] = ()):
+        self.path = path  # None: keep entries in memory only (processes other than rank 0)
         self.entries: list[dict] = list(entries)
-        self._f = open(path, "w", encoding="utf-8")
+        self._f = open(path if path else os.devnull, "w", encoding="utf-8")
         self._f.writelines(json.dumps(e) + "\n" for e in self.entries)
         self._f.flush()
 

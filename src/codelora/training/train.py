@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
@@ -19,8 +20,9 @@ from codelora.data.prompts import Example, PromptFormat
 from codelora.errors import CodeloraError, TrainingStopped
 from codelora.models.lora import apply_lora, count_parameters
 from codelora.models.sources import ModelSource, load_base, pick_device
-from codelora.training.batches import length_grouped_batches
+from codelora.training.batches import length_grouped_batches, split_to_budget
 from codelora.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from codelora.training.distributed import Dist, init_distributed
 from codelora.training.loss import device_batches, supervised_loss_sum, validation_loss
 from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve, write_json_atomic
 from codelora.training.signals import GracefulStop
@@ -57,16 +59,46 @@ class Progress:
     val_loss: float | None = None
 
 
+def resolve_precision(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name == "bf16" and device == "cpu":
+        say("warning: train.precision=bf16 on a CPU: bf16 matmuls are ~100x slower than fp32 on most CPUs")
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def autocast(device: str, dtype: torch.dtype):
+    """bf16 autocast where asked (LoRA weights stay fp32; the base is loaded in bf16); fp32 needs none."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_resume: bool = False) -> TrainedRun:
+    """Train an adapter into `run_dir`. Under torchrun only rank 0 writes; every rank returns the model."""
     import transformers
 
     if resume:
         _check_same_config(cfg, run_dir)
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
     device = pick_device(cfg.train.device)
+    dist = init_distributed(device)
+    if dist.enabled and device == "cuda":
+        device = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(device)
+    dtype = resolve_precision(cfg.train.precision, device)
     loaded = load_data(cfg.data)  # before the model: bad data fails in a second, not after a model load
-    model, tokenizer, source = load_base(cfg.model, device)
-    say(f"model {source.name} ({source.kind}) on {device}")
+    model, tokenizer, source = load_base(cfg.model, device, dtype=dtype)
+    if cfg.model.quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    say(f"model {source.name} ({source.kind}) on {device}, {str(dtype).removeprefix('torch.')}"
+        + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
+        + (f", {dist.world} processes" if dist.enabled else ""))
     fmt = PromptFormat(tokenizer)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     sizes = data.summary()["split_sizes"]
@@ -80,13 +112,21 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}: "
         f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
-    dump_config(cfg, run_dir / "config.yaml")
-    write_json_atomic(run_dir / "splits.json", data.splits)
-    checkpoint = find_latest(run_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
+    if dist.main:
+        dump_config(cfg, run_dir / "config.yaml")
+        write_json_atomic(run_dir / "splits.json", data.splits)
+    checkpoint = None
+    if resume:
+        for turn in range(2 if dist.enabled else 1):  # rank 0 first: it removes cut-off checkpoint writes
+            if turn == 0 and dist.main or turn == 1 and not dist.main:
+                checkpoint = find_latest(run_dir / "checkpoints")
+            dist.barrier()
+        if checkpoint is None:
+            say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
     stats = fit(model, data.examples_of("train"), data.examples_of("validation"), cfg.train, cfg.seed,
-                tokenizer.pad_token_id, device, run_dir, checkpoint, allow_partial_resume)
+                tokenizer.pad_token_id, device, run_dir, checkpoint, allow_partial_resume, dist, dtype)
+    if not dist.main:
+        return TrainedRun(model, tokenizer, fmt, data, source, device, run_dir)
     # adapter_config.json + adapter_model.safetensors; embeddings are never trained here, and "auto"
     # would look the base model up on the Hub
     model.save_pretrained(run_dir, save_embedding_layers=False)
@@ -95,6 +135,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     manifest = base_manifest(cfg.seed) | {
         "model": source.to_dict(),
         "device": device,
+        "precision": str(dtype).removeprefix("torch."),
+        "processes": dist.world,
         "data": data.summary(),
         "parameters": {"trainable": trainable, "total": total},
         "train": stats,
@@ -136,27 +178,34 @@ def data_fingerprint(*splits: list[Example]) -> str:
     return h.hexdigest()
 
 
-def train_step(model, examples: list[Example], window: list[list[int]], pad_id: int, device: str) -> tuple[float, int]:
-    """Forward and backward over one accumulation window; return (mean loss, real tokens)."""
+def train_step(model, examples: list[Example], micro_batches: list[list[int]], n_sup: int, pad_id: int, device: str,
+               max_batch_tokens: int, dtype: torch.dtype) -> tuple[float, int]:
+    """Forward and backward over this process's micro-batches of one optimizer step.
+
+    Each summed token loss is divided by `n_sup`, the supervised tokens of the whole step (all
+    micro-batches, all processes), so every answer token weighs the same however the rows fall
+    into micro-batches, budget splits or processes. Returns (summed loss, real tokens).
+    """
     model.train()
-    # Normalise by the supervised tokens of the whole window, so every answer token weighs the
-    # same however the rows fall into micro-batches.
-    n_sup = sum(examples[i].n_supervised for b in window for i in b)
+    pieces = [p for b in micro_batches for p in split_to_budget(b, examples, max_batch_tokens)]
     loss_sum, tokens = 0.0, 0
-    for batch in device_batches(examples, window, pad_id, device):
-        s, _ = supervised_loss_sum(model, batch)
+    for batch in device_batches(examples, pieces, pad_id, device):
+        with autocast(device, dtype):
+            s, _ = supervised_loss_sum(model, batch)
         (s / n_sup).backward()
         loss_sum += s.item()
         tokens += int(batch["attention_mask"].sum())
-    return loss_sum / n_sup, tokens
+    return loss_sum, tokens
 
 
 def fit(model, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int, pad_id: int,
-        device: str, run_dir: Path, checkpoint=None, allow_partial_resume: bool = False) -> dict:
+        device: str, run_dir: Path, checkpoint=None, allow_partial_resume: bool = False, dist: Dist = Dist(),
+        dtype: torch.dtype = torch.float32) -> dict:
     from transformers import get_scheduler
 
     n_batches = math.ceil(len(train_ex) / tc.batch_size)
-    windows_per_epoch = math.ceil(n_batches / tc.grad_accum)
+    per_step = tc.grad_accum * dist.world  # micro-batches per optimizer step, over all processes
+    windows_per_epoch = math.ceil(n_batches / per_step)
     total_steps = tc.max_steps or tc.epochs * windows_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -173,31 +222,50 @@ def fit(model, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, 
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
         progress = Progress(**state["progress"])
-        log = LossLog(run_dir / "loss_log.jsonl", state["log"])
+        log = LossLog(run_dir / "loss_log.jsonl" if dist.main else None, state["log"])
         say(f"resuming from {checkpoint.path.name}: step {progress.step} of {total_steps}, epoch {progress.epoch + 1}")
     else:
         progress = Progress()
-        log = LossLog(run_dir / "loss_log.jsonl")
-        progress.val_start = progress.val_loss = validation_loss(model, val_ex, tc.batch_size, pad_id, device)
+        log = LossLog(run_dir / "loss_log.jsonl" if dist.main else None)
+
+    def validate() -> float:
+        with autocast(device, dtype):
+            return validation_loss(model, val_ex, tc.batch_size, pad_id, device, dist)
+
+    if checkpoint is None:
+        progress.val_start = progress.val_loss = validate()
         log.write(split="validation", step=0, epoch=0.0, loss=progress.val_start)
 
     def checkpoint_now() -> Path:
-        state = {"progress": asdict(progress), "scheduler": scheduler.state_dict(), "log": log.entries,
-                 "data_sha256": fingerprint, "total_steps": total_steps}
-        return save_checkpoint(ckpt_root, progress.step, model, optimizer, state, keep=tc.keep_checkpoints)
+        path = None
+        if dist.main:
+            state = {"progress": asdict(progress), "scheduler": scheduler.state_dict(), "log": log.entries,
+                     "data_sha256": fingerprint, "total_steps": total_steps}
+            path = save_checkpoint(ckpt_root, progress.step, model, optimizer, state, keep=tc.keep_checkpoints)
+        dist.barrier()
+        return path
 
     p = progress
     t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=p.step, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=p.step, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=not dist.main)
     # SIGTERM / Ctrl-C from here on: finish the step, checkpoint, stop (a second one stops at once)
     with log, bar, GracefulStop() as stop:
         while p.step < total_steps:
             # A new shuffle each epoch, reproducible from the seed (and so from a checkpoint).
             idx_batches = length_grouped_batches(train_ex, tc.batch_size, seed + p.epoch)
-            windows = [idx_batches[w:w + tc.grad_accum] for w in range(0, len(idx_batches), tc.grad_accum)]
+            windows = [idx_batches[w:w + per_step] for w in range(0, len(idx_batches), per_step)]
             while p.step < total_steps:
                 t_step = time.perf_counter()
-                loss, tokens = train_step(model, train_ex, windows[p.window], pad_id, device)
+                window = windows[p.window]
+                n_sup = sum(train_ex[i].n_supervised for b in window for i in b)
+                loss_sum, tokens = train_step(model, train_ex, window[dist.rank::dist.world], n_sup, pad_id, device,
+                                              tc.max_batch_tokens, dtype)
+                if dist.enabled:  # sum the LoRA gradients, the loss and the token counts over processes
+                    totals = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=device)
+                    dist.all_reduce_([p_.grad for p_ in params if p_.grad is not None] + [totals])
+                    loss_sum, tokens = float(totals[0]), int(totals[1])
+                loss = loss_sum / n_sup
                 torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -213,14 +281,14 @@ def fit(model, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, 
                 bar.update(1)
                 end_of_epoch = p.window == len(windows)
                 if p.step == total_steps or (tc.eval_every and p.step % tc.eval_every == 0) or end_of_epoch:
-                    p.val_loss = validation_loss(model, val_ex, tc.batch_size, pad_id, device)
+                    p.val_loss = validate()
                     log.write(split="validation", step=p.step, epoch=epoch_pos, loss=p.val_loss)
                     bar.set_postfix(loss=f"{loss:.3f}", val=f"{p.val_loss:.3f}", tok_s=f"{p.tokens / p.train_s:.0f}")
                 if end_of_epoch:  # a checkpoint taken now must point at the next epoch's first window
                     p.epoch, p.window = p.epoch + 1, 0
-                if stop.requested:
+                if dist.any(stop.requested is not None, device):  # every process stops at the same step
                     path = checkpoint_now()
-                    raise TrainingStopped(stop.requested, p.step, total_steps, path)
+                    raise TrainingStopped(stop.requested or "a signal to another process", p.step, total_steps, path)
                 if tc.save_every and (p.step % tc.save_every == 0 or p.step == total_steps):
                     checkpoint_now()
                 if end_of_epoch:
