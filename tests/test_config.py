@@ -12,7 +12,7 @@ def test_defaults_are_the_documented_ones():
     cfg = parse_config({})
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.0)  # dropout costs ~11% of a CPU step
     assert (cfg.train.precision, cfg.train.gradient_checkpointing, cfg.model.quantize) == ("auto", False, "none")
-    assert (cfg.train.save_every, cfg.train.keep_checkpoints, cfg.train.max_batch_tokens) == (50, 2, 2048)
+    assert (cfg.train.save_every, cfg.train.keep_checkpoints, cfg.train.max_batch_tokens) == (50, 2, 0)
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert cfg.model.name == "smollm2-135m" and cfg.model.trust_remote_code is False
     assert cfg.data.source == "flytech/python-codes-25k"

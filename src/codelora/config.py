@@ -120,7 +120,10 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; when set it overrides epochs
     batch_size: int = 8  # rows per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_batch_tokens: int = 2048  # a micro-batch over this many (padded) tokens is split: bounds memory, same result
+    # A micro-batch over this many padded tokens is split into pieces whose gradients add up to the
+    # same result: it bounds activation memory (~1.8 MB per token for SmolLM2-135M). 0 = auto: 512 on
+    # a CPU (no slower there, measured), 16384 on a GPU.
+    max_batch_tokens: int = 0
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05  # share of the steps spent warming the learning rate up from 0
@@ -143,8 +146,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}; LoRA usually uses 1e-4 to 5e-4")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {self.precision!r}")
-        if self.max_batch_tokens < 16:
-            raise ConfigError(f"train.max_batch_tokens must be at least 16, got {self.max_batch_tokens}")
+        if self.max_batch_tokens and self.max_batch_tokens < 16:
+            raise ConfigError(f"train.max_batch_tokens must be 0 (auto) or at least 16, got {self.max_batch_tokens}")
         if self.save_every < 0:
             raise ConfigError(f"train.save_every must be 0 (checkpoint only when stopped) or a step count, got {self.save_every}")
         if self.keep_checkpoints < 1:

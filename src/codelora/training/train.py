@@ -211,6 +211,7 @@ def fit(model, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, 
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=math.ceil(tc.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    budget = tc.max_batch_tokens or (512 if device == "cpu" else 16384)
     fingerprint = data_fingerprint(train_ex, val_ex)
     ckpt_root = run_dir / "checkpoints"
 
@@ -260,7 +261,7 @@ def fit(model, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, 
                 window = windows[p.window]
                 n_sup = sum(train_ex[i].n_supervised for b in window for i in b)
                 loss_sum, tokens = train_step(model, train_ex, window[dist.rank::dist.world], n_sup, pad_id, device,
-                                              tc.max_batch_tokens, dtype)
+                                              budget, dtype)
                 if dist.enabled:  # sum the LoRA gradients, the loss and the token counts over processes
                     totals = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=device)
                     dist.all_reduce_([p_.grad for p_ in params if p_.grad is not None] + [totals])
