@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(BIN)/codelora: pyproject.toml
 	# bubblewrap isolates model-generated code (no network, private filesystem); best effort: without
@@ -34,6 +34,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# training throughput: codelora vs the common Trainer recipe (~7 min on 2 cores; docs/performance.md)
+bench: install
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

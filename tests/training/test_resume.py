@@ -194,7 +194,7 @@ def test_kill_9_and_resume_on_the_embedded_model(shared_head, tmp_path):
     def cmd(out):
         return ["train", "--data", str(shared_head), "--limit", "40", "--out", str(out), "--max-steps", "4",
                 "--batch-size", "4", "--lora-r", "4", "--lora-dropout", "0.05", "--save-every", "2",
-                "--set", "data.max_length=256"]
+                "--set", "data.max_length=256", "--set", "train.max_batch_tokens=4096"]  # one loss call per micro-batch
 
     ref = run(cmd(tmp_path / "ref"), timeout=900)
     assert ref.returncode == 0, ref.stderr[-2000:]
