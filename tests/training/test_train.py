@@ -125,7 +125,7 @@ def test_two_processes_under_torchrun_write_one_adapter_equal_to_one_process(tin
     common = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-steps", "6", "--batch-size",
               "4", "--lr", "5e-3", "--lora-r", "4", "--seed", "4", "--save-every", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "codelora", *common,
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "codelora", *common,
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
