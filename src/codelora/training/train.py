@@ -117,10 +117,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
         write_json_atomic(run_dir / "splits.json", data.splits)
     checkpoint = None
     if resume:
-        for turn in range(2 if dist.enabled else 1):  # rank 0 first: it removes cut-off checkpoint writes
-            if turn == 0 and dist.main or turn == 1 and not dist.main:
-                checkpoint = find_latest(run_dir / "checkpoints")
-            dist.barrier()
+        # rank 0 looks first: it removes cut-off checkpoint writes before the others list the folder
+        if dist.main:
+            checkpoint = find_latest(run_dir / "checkpoints")
+        dist.barrier()
+        if not dist.main:
+            checkpoint = find_latest(run_dir / "checkpoints")
         if checkpoint is None:
             say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
     stats = fit(model, data.examples_of("train"), data.examples_of("validation"), cfg.train, cfg.seed,
