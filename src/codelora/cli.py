@@ -4,6 +4,8 @@
     codelora run CONFIG.yaml [overrides] [--resume]
     codelora eval RUN_DIR
     codelora ask "question" [--adapter RUN_DIR]
+    codelora merge RUN_DIR --out DIR
+    codelora serve [--adapters DIR] [--host 127.0.0.1] [--port 8000]
 
 Errors caused by input print one line, `codelora: error: ...`, and exit 1 (2 for usage).
 """
@@ -18,6 +20,8 @@ import sys
 import warnings
 
 from codelora.errors import CodeloraError, first_line
+from codelora.models.merge import ParityThresholds as ParityDefaults
+from codelora.serving.settings import API_KEY_ENV, ServerSettings as ServerDefaults
 
 # flag -> dotted config field; every default lives in codelora/config.py
 OVERRIDES = {
@@ -124,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model; default: the adapter's base, else smollm2-135m")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("merge", help="fold an adapter into its base model (full safetensors model), "
+                                     "after a merged-vs-adapter parity check")
+    p.add_argument("run_dir", help="a run directory (or any peft adapter folder)")
+    p.add_argument("--out", required=True, help="directory for the merged model")
+    p.add_argument("--max-abs-diff", type=float, default=ParityDefaults.max_abs_diff,
+                   help="largest allowed |merged - adapter| logit on the probe prompts (default %(default)g)")
+    p.add_argument("--max-kl", type=float, default=ParityDefaults.max_kl,
+                   help="largest allowed KL(adapter || merged) per position (default %(default)g)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+
+    p = sub.add_parser("serve", help="HTTP API and web page: one base model, adapters chosen per request")
+    p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")
+    p.add_argument("--model", help="base model; default: the adapters' base, else smollm2-135m")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs an API key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help=f"require this key (prefer the environment variable {API_KEY_ENV})")
+    p.add_argument("--max-queue", type=int, default=ServerDefaults.max_queue,
+                   help="requests admitted at once, running or waiting; more get 429 (default %(default)s)")
+    p.add_argument("--max-new-tokens-limit", type=int, default=ServerDefaults.max_new_tokens_limit)
+    p.add_argument("--max-body-bytes", type=int, default=ServerDefaults.max_body_bytes)
+    p.add_argument("--log-prompts", action="store_true", help="write prompts and answers to the log (off by default)")
+    p.add_argument("--lazy", action="store_true", help="load adapters on first use instead of at start")
+    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -158,6 +187,24 @@ def _dispatch(args) -> int:
 
         ask(args.question, adapter=args.adapter, model=args.model, max_new_tokens=args.max_new_tokens,
             device=args.device, stream=True)
+        return 0
+    if args.command == "merge":
+        from codelora.models.merge import ParityThresholds, merge
+
+        for flag in ("max_abs_diff", "max_kl"):
+            value = getattr(args, flag)
+            if not value >= 0:  # also catches NaN
+                raise CodeloraError(f"--{flag.replace('_', '-')} must be a number >= 0, got {value}")
+        merge(args.run_dir, args.out, ParityThresholds(args.max_abs_diff, args.max_kl), overwrite=args.overwrite,
+              device=args.device)
+        return 0
+    if args.command == "serve":
+        from codelora.serving.server import serve
+
+        settings = ServerDefaults(max_queue=args.max_queue, max_new_tokens_limit=args.max_new_tokens_limit,
+                                  max_body_bytes=args.max_body_bytes, api_key=args.api_key,
+                                  log_prompts=args.log_prompts)
+        serve(args.adapters, args.host, args.port, args.model, args.device, settings, preload=not args.lazy)
         return 0
     raise AssertionError(args.command)
 
@@ -255,7 +302,7 @@ def _eval(args) -> int:
         report = score_completions(tasks, args.completions, out, limits)
     else:
         from codelora.config import ModelConfig
-        from codelora.serving.ask import base_model_of
+        from codelora.models.adapters import base_model_of
 
         model_cfg = ModelConfig(name=args.model) if args.model else (
             base_model_of(Path(adapters[0])) if adapters else ModelConfig())

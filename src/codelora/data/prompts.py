@@ -70,6 +70,21 @@ class PromptFormat:
             ids = [self.tok.bos_token_id] + ids  # chat templates write their own BOS when they need one
         return ids
 
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """A whole conversation (role/content dicts, the last one the user's) ready for the reply."""
+        if self.uses_chat_template:
+            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        # plain template: earlier turns as Instruction/Response pairs, system text first
+        parts = [m["content"] for m in messages if m["role"] == "system"]
+        for m in messages:
+            if m["role"] == "user":
+                parts.append(PLAIN_TEMPLATE.format(question=m["content"]))
+            elif m["role"] == "assistant":
+                parts.append(m["content"] + "\n\n")
+        ids = self.tok("".join(parts), add_special_tokens=False)["input_ids"]
+        return ([self.tok.bos_token_id] if self.tok.bos_token_id is not None else []) + ids
+
     def encode(self, row: dict) -> Example:
         prompt = self.prompt_ids(user_message(row))
         answer = self.tok(row["output"], add_special_tokens=False)["input_ids"] + [self.end_of_turn_id]

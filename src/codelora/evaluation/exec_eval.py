@@ -61,7 +61,7 @@ def _generate(model, fmt, tasks: list[Task], samples: int, temperature: float, m
 def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, samples: int = 1,
                     temperature: float = 0.8, max_new_tokens: int = 384, batch_size: int = 8, device: str = "auto",
                     seed: int = 0, limits: Limits = Limits(), adapter_names: list[str] | None = None) -> dict:
-    from codelora.models.lora import check_adapter_dir, load_adapter
+    from codelora.models.lora import load_adapter
     from codelora.models.sources import load_base, pick_device
 
     dev = pick_device(device)
@@ -72,10 +72,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
         name = (adapter_names[i] if adapter_names else Path(adapter).name) or f"adapter{i}"
         if name in names or name == "base":
             name = f"{name}-{i}"
-        if i == 0:
-            model = load_adapter(base, adapter, adapter_name=name)
-        else:
-            model.load_adapter(str(check_adapter_dir(adapter)), adapter_name=name)
+        model = load_adapter(model, adapter, adapter_name=name)
         names.append(name)
     entries, all_results, answers = {}, {}, {}
     t0 = time.perf_counter()

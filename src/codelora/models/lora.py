@@ -50,11 +50,25 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def load_adapter(model, adapter_dir: str | Path, trainable: bool = False, adapter_name: str = "default"):
-    """Attach a saved adapter (a codelora run directory or any peft adapter folder)."""
+    """Attach a saved adapter (a codelora run directory or any peft adapter folder).
+
+    `model` is a plain base model (it is wrapped in a PeftModel) or a PeftModel already (the
+    adapter is added under `adapter_name` next to the ones it has). An adapter whose tensors do
+    not fit the model, i.e. one trained on another base, is a one-line ModelError.
+    """
     from peft import PeftModel
 
     d = check_adapter_dir(adapter_dir)
-    return PeftModel.from_pretrained(model, str(d), is_trainable=trainable, adapter_name=adapter_name)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(d), adapter_name=adapter_name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(d), is_trainable=trainable, adapter_name=adapter_name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        text = str(e)
+        detail = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln), first_line(e))
+        raise ModelError(f"adapter {d} does not fit this base model (was it trained on another one?): "
+                         f"{detail[:300]}") from None
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:

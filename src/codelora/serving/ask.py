@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, ModelConfig, load_config_file, parse_config
+from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.models.adapters import base_model_of
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.generate import generate_answers
 from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base, pick_device
-
-
-def base_model_of(adapter_dir: Path) -> ModelConfig:
-    """The base model an adapter was trained on: the run's model section (name, revision,
-    trust_remote_code), else peft's adapter_config.json, else the embedded model."""
-    run_config = adapter_dir / "config.yaml"
-    if run_config.is_file():
-        return parse_config(load_config_file(run_config)).model
-    peft_config = adapter_dir / "adapter_config.json"
-    if peft_config.is_file():
-        name = json.loads(peft_config.read_text()).get("base_model_name_or_path")
-        if name:
-            return ModelConfig(name=name)
-    return ModelConfig(name=EMBEDDED_MODEL)
 
 
 def ask(question: str, adapter: str | None = None, model: str | None = None, max_new_tokens: int = 256,

@@ -1,0 +1,150 @@
+"""`codelora merge`: fold an adapter into its base model, behind a parity gate.
+
+Merging computes W + (alpha / r) * B @ A once, so the merged model runs at the base model's speed
+with no adapter code at all. The gate runs fixed prompts through the adapter model (unmerged)
+and the merged model and refuses to write anything when their logits differ by more than
+`max_abs_diff` or their next-token distributions by more than `max_kl`, or when either holds NaN
+or Inf. The merged model is written (staged, then renamed) as safetensors with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from codelora.errors import CodeloraError, ModelError
+
+# Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
+# comparison covers prompt and answer positions alike.
+PROBES = [
+    ("Write a Python function that checks whether a number is prime.",
+     "```python\ndef is_prime(n):\n    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5) + 1))\n```"),
+    ("Reverse a string in Python.", "```python\ns = 'hello'\nprint(s[::-1])\n```"),
+    ("Read a CSV file with pandas and print the first rows.",
+     "```python\nimport pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.head())\n```"),
+    ("Explain what a list comprehension is.", "A list comprehension builds a list from an iterable: [x * x for x in range(5)]."),
+]
+
+
+@dataclass
+class ParityThresholds:
+    max_abs_diff: float = 1e-3  # largest |merged - adapter| logit; fp32 merges differ by ~1e-5
+    max_kl: float = 1e-5  # largest per-position KL(adapter || merged) of the next-token distribution
+
+
+class ParityError(CodeloraError):
+    pass
+
+
+def _probe_ids(fmt) -> list[list[int]]:
+    return [fmt.encode({"instruction": q, "input": "", "output": a}).input_ids for q, a in PROBES]
+
+
+def probe_logits(model, batches: list[list[int]], device: str):
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in batches:
+            out.append(model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu())
+    return out
+
+
+def compare_logits(reference, candidate) -> dict:
+    """max |a - b|, max and mean per-position KL(a || b), and whether all values are finite."""
+    import torch
+
+    finite = all(torch.isfinite(t).all().item() for t in [*reference, *candidate])
+    if not finite:
+        return {"finite": False, "max_abs_diff": float("nan"), "max_kl": float("nan"), "mean_kl": float("nan"),
+                "positions": sum(t.shape[0] for t in reference)}
+    diffs, kls = [], []
+    for a, b in zip(reference, candidate):
+        diffs.append((a - b).abs().max().item())
+        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+        kls.append((la.exp() * (la - lb)).sum(-1))
+    kl = torch.cat(kls)
+    return {"finite": True, "max_abs_diff": max(diffs), "max_kl": kl.max().item(), "mean_kl": kl.mean().item(),
+            "positions": int(kl.numel())}
+
+
+def parity_verdict(stats: dict, t: ParityThresholds) -> str | None:
+    """None when the merge is faithful, else why not."""
+    if not stats["finite"]:
+        return "the adapter or merged model produces NaN/Inf logits"
+    if stats["max_abs_diff"] > t.max_abs_diff:
+        return f"max |logit difference| {stats['max_abs_diff']:.3g} is above --max-abs-diff {t.max_abs_diff:g}"
+    if stats["max_kl"] > t.max_kl:
+        return f"max KL {stats['max_kl']:.3g} is above --max-kl {t.max_kl:g}"
+    return None
+
+
+def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = ParityThresholds(),
+          overwrite: bool = False, device: str = "cpu") -> dict:
+    """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
+    from codelora.console import say
+    from codelora.data.prompts import PromptFormat
+    from codelora.models.adapters import base_model_of, check_same_base, check_shapes
+    from codelora.models.lora import check_adapter_dir, count_parameters, load_adapter
+    from codelora.models.sources import load_base, pick_device
+    from codelora.training.outputs import write_json_atomic
+
+    run_dir, out = check_adapter_dir(run_dir), Path(out)
+    if out.exists() and not overwrite:
+        raise CodeloraError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == run_dir.resolve():
+        raise CodeloraError("--out must differ from the adapter directory")
+    dev = pick_device(device)
+    model_cfg = base_model_of(run_dir)
+    model_cfg.quantize = "none"  # merge into full-precision weights
+    base, tokenizer, source = load_base(model_cfg, dev)
+    check_same_base(run_dir, source)
+    check_shapes(run_dir, base)
+    _, base_params = count_parameters(base)
+    fmt = PromptFormat(tokenizer)
+    ids = _probe_ids(fmt)
+    base_logits = probe_logits(base, ids, dev)
+
+    adapted = load_adapter(base, run_dir).eval()
+    adapter_logits = probe_logits(adapted, ids, dev)
+    merged = adapted.merge_and_unload(safe_merge=False)  # NaN weights are the gate's job, with a clearer message
+    merged_logits = probe_logits(merged, ids, dev)
+    stats = compare_logits(adapter_logits, merged_logits)
+    effect = compare_logits(base_logits, adapter_logits)
+    _, merged_params = count_parameters(merged)
+    report = {
+        "adapter": str(run_dir), "base_model": source.to_dict(), "thresholds": asdict(thresholds),
+        "parity": stats, "adapter_vs_base": {"max_abs_diff": effect["max_abs_diff"], "mean_kl": effect["mean_kl"]},
+        "parameters": {"base": base_params, "merged": merged_params},
+    }
+    verdict = parity_verdict(stats, thresholds)
+    if verdict is None and merged_params != base_params:
+        verdict = f"the merged model has {merged_params:,} parameters, the base {base_params:,}"
+    if verdict:
+        raise ParityError(f"merge refused, nothing written: {verdict} (adapter {run_dir})")
+    say(f"parity gate passed on {stats['positions']} positions: max |logit diff| {stats['max_abs_diff']:.2e}, "
+        f"max KL {stats['max_kl']:.2e}; the adapter moves logits by up to {effect['max_abs_diff']:.2f} vs the base")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    staged = out.with_name(out.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        merged.config.name_or_path = str(out)
+        merged.save_pretrained(staged)  # safetensors
+        tokenizer.save_pretrained(staged)
+        written = sorted(p.name for p in staged.iterdir())
+        if not any(n.endswith(".safetensors") for n in written):
+            raise ModelError(f"save_pretrained wrote no safetensors file into {staged}: {written}")
+        write_json_atomic(staged / "merge_report.json", report)
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    say(f"merged model ({merged_params:,} parameters, same as the base) written to {out}; "
+        f"use it with --model {out}")
+    return report

@@ -1,0 +1,80 @@
+"""`codelora serve`: load the base model and the adapter registry, then run the API with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.errors import CodeloraError
+from codelora.serving.settings import API_KEY_ENV, ServerSettings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_settings(host: str, port: int, settings: ServerSettings) -> None:
+    if not 1 <= port <= 65535:
+        raise CodeloraError(f"--port must be 1-65535, got {port}")
+    if settings.api_key is not None and len(settings.api_key) < 8:
+        raise CodeloraError(f"the API key is too short ({len(settings.api_key)} characters); use at least 8")
+    if not is_loopback(host) and not settings.api_key:
+        raise CodeloraError(f"--host {host} makes the API reachable from other machines: set an API key with "
+                            f"{API_KEY_ENV}=... (or --api-key), or bind 127.0.0.1")
+    for name in ("max_queue", "max_new_tokens_limit", "max_body_bytes"):
+        if getattr(settings, name) < 1:
+            raise CodeloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+
+
+def pick_base(model: str | None, registry) -> ModelConfig:
+    """--model, else the base the adapters were trained on (the first one that says), else the embedded model."""
+    if model:
+        return ModelConfig(name=model)
+    from codelora.models.adapters import base_model_of
+
+    for name in registry.names() if registry else []:
+        cfg = base_model_of(registry.resolve(name).path)
+        if cfg.name:
+            return cfg
+    return ModelConfig(name=EMBEDDED_MODEL)
+
+
+def serve(adapters: str | None, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
+          device: str = "auto", settings: ServerSettings | None = None, preload: bool = True) -> None:
+    import uvicorn
+
+    from codelora.serving.api import create_app
+    from codelora.serving.engine import Engine
+    from codelora.serving.registry import AdapterRegistry
+
+    settings = settings or ServerSettings()
+    if settings.api_key is None:
+        settings.api_key = os.environ.get(API_KEY_ENV) or None
+    check_settings(host, port, settings)
+    registry = AdapterRegistry(adapters) if adapters else None
+    logging.basicConfig(level=logging.INFO, format="codelora: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("codelora.serve")
+    engine = Engine(pick_base(model, registry), registry, device)
+    log.info("base model %s (%s) on %s", engine.base_name, engine.source.kind, engine.device)
+    if registry:
+        for problem in engine.preload() if preload else []:
+            log.warning("not serving: %s", problem)
+        log.info("adapters in %s: %s", registry.root, ", ".join(sorted(engine.adapters)) or "none loaded")
+        skipped = [p.name for p in Path(registry.root).iterdir() if p.name not in registry.names()]
+        if skipped:
+            log.warning("ignored (not an adapter folder, or a name/location that is refused): %s",
+                        ", ".join(sorted(skipped)))
+    log.info("prompts are %s", "logged (--log-prompts)" if settings.log_prompts else "not logged")
+    app = create_app(engine, settings)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("web page and API on http://%s:%s/ (API docs at /docs)", shown, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

@@ -1,0 +1,105 @@
+"""One base model, adapters attached once and switched per request: outputs must match what each
+adapter gives on its own, and a refused adapter must leave the model untouched."""
+
+import json
+
+import pytest
+import torch
+
+from adapters_helpers import save_other_base_model, save_plain_peft
+from codelora.config import ModelConfig
+from codelora.serving.engine import AdapterLoadError, ContextLengthError, Engine
+from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
+
+QUESTION = "Write a Python function add2(x) that applies + 2 to x."
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("registry")
+    save_plain_peft(tiny_model_dir, root / "a", seed=1)
+    save_plain_peft(tiny_model_dir, root / "b.v2", targets=("q_proj", "k_proj", "v_proj", "o_proj"), seed=2)
+    other = save_other_base_model(tmp_path_factory.mktemp("other_base"))
+    save_plain_peft(other, root / "other")
+    save_plain_peft(other, root / "unlabelled")
+    cfg = root / "unlabelled" / "adapter_config.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"base_model_name_or_path": None}))
+    save_plain_peft(tiny_model_dir, root / "nan", seed=4)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(root / "nan" / "adapter_model.safetensors"))
+    key = sorted(k for k in weights if "lora_B" in k)[0]
+    weights[key][0, 0] = float("nan")
+    save_file(weights, str(root / "nan" / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(registry, tiny_model_dir):
+    return Engine(ModelConfig(name=str(tiny_model_dir)), AdapterRegistry(registry), "cpu")
+
+
+def _reference(tiny_model_dir, adapter_dir, ids, n):
+    """What plain transformers (+ peft for one adapter alone) generate greedily."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from codelora.data.prompts import PromptFormat
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    stop = PromptFormat(AutoTokenizer.from_pretrained(tiny_model_dir)).stop_ids
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.eval().generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                                    eos_token_id=stop, pad_token_id=stop[0])
+    return out[0, len(ids):].tolist()
+
+
+def test_switching_adapters_gives_each_adapters_own_output(engine, registry, tiny_model_dir):
+    ids = engine.question_ids(QUESTION)
+    base1 = engine.generate(ids, None, 12)
+    a1 = engine.generate(ids, "a", 12)
+    b1 = engine.generate(ids, "b.v2", 12)
+    base2 = engine.generate(ids, None, 12)
+    a2 = engine.generate(ids, "a", 12)
+    assert base1.token_ids == base2.token_ids == _reference(tiny_model_dir, None, ids, 12)
+    assert a1.token_ids == a2.token_ids == _reference(tiny_model_dir, registry / "a", ids, 12)
+    assert b1.token_ids == _reference(tiny_model_dir, registry / "b.v2", ids, 12)
+    assert a1.token_ids != base1.token_ids and b1.token_ids != a1.token_ids  # the adapters really act
+    assert set(engine.adapters) >= {"a", "b.v2"} and a1.model == "a" and base1.model == "base"
+    assert engine.adapters["a"].peft_name != engine.adapters["b.v2"].peft_name
+
+
+def _lora_module_count(engine):
+    return sum(1 for n, _ in engine.base.named_modules() if n.endswith("lora_A"))
+
+
+@pytest.mark.parametrize("name, message", [("other", "was trained on base model"),
+                                           ("unlabelled", "does not fit this base model"),
+                                           ("nan", "NaN/Inf")])
+def test_refused_adapters_leave_the_model_untouched(engine, name, message):
+    engine.adapter("a")
+    before = _lora_module_count(engine)
+    with pytest.raises(AdapterLoadError, match=message):
+        engine.adapter(name)
+    assert _lora_module_count(engine) == before
+    assert name not in engine.adapters and message.split()[0] in engine.failed[name]
+    assert engine.generate(engine.question_ids(QUESTION), "a", 4).completion_tokens >= 1  # still serving
+
+
+def test_context_length_is_checked_before_generating(engine):
+    ids = engine.question_ids(QUESTION)
+    with pytest.raises(ContextLengthError, match=f"lower max_new_tokens to {512 - len(ids)}"):
+        engine.generate(ids, None, 512)
+    with pytest.raises(ContextLengthError, match="shorten the prompt"):
+        engine.generate(list(range(5)) * 110, None, 10)
+
+
+def test_without_a_registry_adapters_are_unknown(tiny_model_dir):
+    engine = Engine(ModelConfig(name=str(tiny_model_dir)), None, "cpu")
+    with pytest.raises(UnknownAdapterError, match="without --adapters"):
+        engine.generate(engine.question_ids(QUESTION), "a", 4)
+    assert engine.generate(engine.question_ids(QUESTION), None, 3).completion_tokens <= 3
