@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench bench-serve clean
 
 $(BIN)/codelora: pyproject.toml
 	# bubblewrap isolates model-generated code (no network, private filesystem); best effort: without
@@ -32,12 +32,23 @@ install: $(BIN)/codelora
 demo: install
 	$(BIN)/codelora run configs/demo.yaml --overwrite
 
-test: install
+# Debian's chromium, for the web page test (Playwright drives it; its own browser downloads fail
+# offline). Best effort: without it that one test is skipped, unless CODELORA_REQUIRE_BROWSER=1 (CI).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "note: chromium not installed; the web page test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # training throughput: codelora vs the common Trainer recipe (~7 min on 2 cores; docs/performance.md)
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+
+# serving latency: base vs merged vs unmerged adapter, adapter switching (~6 min; docs/performance.md)
+bench-serve: install
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) runs

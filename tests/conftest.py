@@ -103,6 +103,16 @@ def tiny_plain_model_dir(tmp_path_factory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama_plain"), chat_template=False)
 
 
+@pytest.fixture(scope="session")
+def embedded_adapter(tmp_path_factory) -> Path:
+    """A real adapter on the embedded SmolLM2 (2 optimizer steps, ~20 s), for slow tests."""
+    from adapters_helpers import train_with_codelora
+
+    tmp = tmp_path_factory.mktemp("embedded_adapter")
+    data = write_jsonl(tmp / "rows.jsonl", make_rows(30))
+    return train_with_codelora("smollm2-135m", data, tmp / "adapters" / "python-qa", steps=2, extra=("--limit", "24"))
+
+
 @pytest.fixture
 def rows() -> list[dict]:
     return make_rows(40)

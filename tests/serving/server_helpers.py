@@ -22,19 +22,22 @@ def free_port() -> int:
 
 def http(method: str, url: str, body=None, headers: dict | None = None, raw: bytes | None = None,
          timeout: float = 120) -> tuple[int, dict]:
-    """(status, JSON body) for one request; error statuses are returned, not raised."""
+    """(status, JSON body, or {"raw": text} when not JSON) for one request; error statuses are returned."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
                                                                           **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
+            return r.status, _body(r.read())
     except urllib.error.HTTPError as e:
-        text = e.read()
-        try:
-            return e.code, json.loads(text)
-        except ValueError:
-            return e.code, {"raw": text.decode(errors="replace")}
+        return e.code, _body(e.read())
+
+
+def _body(data: bytes):
+    try:
+        return json.loads(data or b"null")
+    except ValueError:
+        return {"raw": data.decode(errors="replace")}
 
 
 class Server:

@@ -103,3 +103,14 @@ def test_without_a_registry_adapters_are_unknown(tiny_model_dir):
     with pytest.raises(UnknownAdapterError, match="without --adapters"):
         engine.generate(engine.question_ids(QUESTION), "a", 4)
     assert engine.generate(engine.question_ids(QUESTION), None, 3).completion_tokens <= 3
+
+
+def test_ask_refuses_an_adapter_of_another_base(registry, tiny_model_dir):
+    from cli_helpers import run_cli
+
+    r = run_cli("ask", "hi", "--model", tiny_model_dir, "--adapter", registry / "other", "--max-new-tokens", "2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("codelora: error: adapter ")
+    assert "was trained on base model" in r.stderr
+    r = run_cli("ask", "hi", "--model", tiny_model_dir, "--adapter", registry / "unlabelled", "--max-new-tokens", "2")
+    assert r.returncode == 1 and "does not fit this base model" in r.stderr and "Traceback" not in r.stderr

@@ -124,7 +124,7 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
     if verdict:
         raise ParityError(f"merge refused, nothing written: {verdict} (adapter {run_dir})")
     say(f"parity gate passed on {stats['positions']} positions: max |logit diff| {stats['max_abs_diff']:.2e}, "
-        f"max KL {stats['max_kl']:.2e}; the adapter moves logits by up to {effect['max_abs_diff']:.2f} vs the base")
+        f"max KL {stats['max_kl']:.2e}; the adapter moves logits by up to {effect['max_abs_diff']:.3g} vs the base")
 
     from transformers.utils import logging as hf_logging
 

@@ -36,6 +36,8 @@ from codelora.serving.registry import AdapterNameError, UnknownAdapterError
 from codelora.serving.settings import ServerSettings
 
 log = logging.getLogger("codelora.serve")
+# reachable without the API key: the page and its assets, liveness, the API's own documentation
+PUBLIC_PATHS = {"/", "/health", "/ui/highlight.css", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
 class ApiError(Exception):
@@ -170,7 +172,9 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
+        path = request.scope["path"]
+        public = path in PUBLIC_PATHS or path.startswith("/static/")
+        if settings.api_key and not public:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() \
                 or request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):

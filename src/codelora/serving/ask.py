@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from codelora.config import EMBEDDED_MODEL, ModelConfig
-from codelora.models.adapters import base_model_of
+from codelora.models.adapters import base_model_of, check_same_base
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.generate import generate_answers
@@ -29,7 +29,9 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, max
     else:
         model_cfg = base_model_of(adapter_dir) if adapter_dir else ModelConfig(name=EMBEDDED_MODEL)
     dev = pick_device(device)
-    base, tokenizer, _ = load_base(model_cfg, dev)
+    base, tokenizer, source = load_base(model_cfg, dev)
+    if adapter_dir is not None and model:
+        check_same_base(adapter_dir, source)  # --model and an adapter trained on another base
     net = load_adapter(base, adapter_dir) if adapter_dir else base
     fmt = PromptFormat(tokenizer)
     streamer = None

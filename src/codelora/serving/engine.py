@@ -116,7 +116,8 @@ class Engine:
                     yield self.model
             else:
                 peft_name = self.adapter(adapter).peft_name  # first: loading may wrap self.model
-                self.model.set_adapter(peft_name)
+                if self.model.active_adapter != peft_name:  # set_adapter walks every module: skip when set
+                    self.model.set_adapter(peft_name)
                 yield self.model
 
     # -- prompts and generation -------------------------------------------------------------

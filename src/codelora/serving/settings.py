@@ -12,5 +12,5 @@ class ServerSettings:
     max_queue: int = 8  # requests admitted at once (1 running + the rest waiting); more get 429
     max_new_tokens_limit: int = 1024  # largest max_new_tokens a request may ask for
     max_body_bytes: int = 65536  # larger request bodies get 413
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer KEY" (or X-API-Key)
+    api_key: str | None = None  # when set, all but the page, /health and docs need "Authorization: Bearer KEY"
     log_prompts: bool = False  # prompts and answers stay out of the log unless asked for
