@@ -1,34 +1,37 @@
 """Generation latency of the served model: base, merged adapter, unmerged adapter; adapter switching.
 
-    python benchmarks/serve_latency.py                 # ~6 min on 2 CPU cores, embedded SmolLM2-135M
-    python benchmarks/serve_latency.py --adapter runs/demo --rounds 3
+    python benchmarks/serve_latency.py                 # ~10 min on 2 CPU cores, embedded SmolLM2-135M
+    python benchmarks/serve_latency.py --adapter runs/demo --rounds 4
 
-Everything goes through codelora's serving Engine (what `codelora serve` runs per request), one
-prompt at a time, greedy, exactly `--new-tokens` tokens per request (min = max new tokens, so
-every variant does the same work). Variants, each its own model instance in this process:
-  base       the base model alone (no peft code at all)
-  merged     the adapter merged by `codelora merge` (parity gate included), served as a plain model
-  unmerged   base + the adapter attached by peft (LoRA matmuls on every forward)
-  base/peft  the base through the same peft-wrapped model with adapters disabled
-Requests are interleaved: for every prompt of every round all variants run back to back (their
-order rotated each round), so the machine's drift hits them alike. The verdict uses paired
-ratios: variant time / base time for the same prompt in the same round, median over all pairs
-(memory-bandwidth noise on a shared VM moves single requests by +-30%, pairs much less).
-Switching: time to activate another already-loaded adapter, first-load time of an adapter, and
-the latency of requests that alternate adapters vs requests that stay on one.
+Real `codelora serve` processes, real HTTP, one request at a time, greedy, exactly
+`--new-tokens` tokens per request (`min_new_tokens` = `max_new_tokens`, so every variant does
+the same work). Three servers, each loading its model the same way in its own process:
+  base       `serve --model BASE`: the base model alone (no peft code at all)
+  merged     `serve --model MERGED`: the adapter merged by `codelora merge` (parity gate included)
+  adapters   `serve --adapters DIR`: base + adapters a and b attached by peft; requests for
+             a are the "unmerged" variant, requests without an adapter "base/peft"
+Only one server computes at a time (the others wait on their sockets). Requests are
+interleaved: for every prompt of every round all variants run back to back, their order
+rotated each round, so the machine's drift hits them alike. The verdict uses paired ratios:
+variant time / base time for the same prompt in the same round, median over all pairs.
+Switching: requests that alternate a/b vs requests that stay on a, and the first-load time of
+an adapter (from /v1/adapters).
 
-Without --adapter, two adapters r=16 on q,k,v,o with random weights are made with peft (speed
-does not depend on the values). Prints a table, then one JSON line (the last line).
+Without --adapter, two adapters r=16 on q,k,v,o with small random weights are made with peft
+(speed does not depend on the values). Prints a table, then one JSON line (the last line).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 PROMPTS = [
@@ -59,23 +62,46 @@ def make_adapter(model_name: str, out: Path, seed: int) -> Path:
     return out
 
 
+def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "codelora", "serve", *args, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"serve_latency: server {args} exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return proc, url
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"serve_latency: server {args} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
+def call(url: str, path: str, body: dict | None = None) -> tuple[dict, float]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        reply = json.loads(r.read())
+    return reply, time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--adapter", type=Path, help="an adapter (run directory) for the merged/unmerged variants")
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--switches", type=int, default=200, help="adapter activations timed")
     args = p.parse_args()
 
-    import torch
-
-    from codelora.config import ModelConfig
     from codelora.models.merge import merge
-    from codelora.serving.engine import Engine
-    from codelora.serving.registry import AdapterRegistry
 
-    torch.set_num_threads(torch.get_num_threads())
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     reg = tmp / "adapters"
     reg.mkdir()
@@ -87,70 +113,75 @@ def main() -> None:
     print("merging adapter a (with the parity gate) ...", flush=True)
     merge(reg / "a", tmp / "merged")
 
-    base = Engine(ModelConfig(name=args.model), None, "cpu")
-    merged = Engine(ModelConfig(name=str(tmp / "merged")), None, "cpu")
-    served = Engine(ModelConfig(name=args.model), AdapterRegistry(reg), "cpu")
-    load_s = {name: served.adapter(name).load_seconds for name in ("a", "b")}
-    n = args.new_tokens
-    variants = {
-        "base": lambda ids: base.generate(ids, None, n, min_new_tokens=n),
-        "merged": lambda ids: merged.generate(ids, None, n, min_new_tokens=n),
-        "unmerged": lambda ids: served.generate(ids, "a", n, min_new_tokens=n),
-        "base/peft": lambda ids: served.generate(ids, None, n, min_new_tokens=n),
-    }
-    prompts = [base.question_ids(q) for q in PROMPTS]
-    for run in variants.values():  # warm-up: first calls allocate caches
-        run(prompts[0])
+    servers = {}
+    try:
+        for name, serve_args in (("base", ["--model", args.model]), ("merged", ["--model", str(tmp / "merged")]),
+                                 ("adapters", ["--model", args.model, "--adapters", str(reg)])):
+            servers[name] = start_server(serve_args, tmp / f"{name}.log")
+        n = args.new_tokens
+        req = {"max_new_tokens": n, "min_new_tokens": n}
+        variants = {  # variant -> (server, extra request fields)
+            "base": ("base", {}), "merged": ("merged", {}),
+            "unmerged": ("adapters", {"adapter": "a"}), "base/peft": ("adapters", {}),
+        }
 
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    order = list(variants)
-    for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds} ...", flush=True)
-        order = order[1:] + order[:1]
-        for ids in prompts:
-            for v in order:
-                g = variants[v](ids)
-                assert g.completion_tokens == n, (v, g.completion_tokens)
-                times[v].append(g.seconds)
+        def run(variant: str, prompt: str) -> tuple[float, float]:
+            server, extra = variants[variant]
+            reply, wall = call(servers[server][1], "/v1/generate", {"prompt": prompt, **req, **extra})
+            assert reply["usage"]["completion_tokens"] == n, reply
+            return wall, reply["seconds"]
 
-    # switching: activating an already-loaded adapter (what a request for another adapter costs)
-    switch = []
-    for i in range(args.switches):
-        t0 = time.perf_counter()
-        with served.activated("a" if i % 2 else "b"):
-            pass
-        switch.append(time.perf_counter() - t0)
-    alternating, staying = [], []
-    for i in range(2 * len(prompts)):
-        ids = prompts[i % len(prompts)]
-        alternating.append(served.generate(ids, "ab"[i % 2], n, min_new_tokens=n).seconds)
-        staying.append(served.generate(ids, "a", n, min_new_tokens=n).seconds)
+        for v in variants:  # warm-up: first calls allocate caches
+            run(v, PROMPTS[0])
+        wall: dict[str, list[float]] = {v: [] for v in variants}
+        gen: dict[str, list[float]] = {v: [] for v in variants}
+        order = list(variants)
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds} ...", flush=True)
+            order = order[1:] + order[:1]
+            for prompt in PROMPTS:
+                for v in order:
+                    w, g = run(v, prompt)
+                    wall[v].append(w)
+                    gen[v].append(g)
 
-    med = {v: statistics.median(t) for v, t in times.items()}
-    paired = {v: statistics.median(a / b for a, b in zip(times[v], times["base"])) for v in variants}
-    print(f"\n{n} new tokens per request, greedy, one prompt at a time; {args.rounds} rounds x {len(prompts)} prompts")
-    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'paired vs base':>15} {'min s':>7} {'max s':>7}")
+        adapters_url = servers["adapters"][1]
+        alternating, staying = [], []
+        for i in range(2 * len(PROMPTS)):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            alternating.append(call(adapters_url, "/v1/generate", {"prompt": prompt, **req, "adapter": "ab"[i % 2]})[1])
+            staying.append(call(adapters_url, "/v1/generate", {"prompt": prompt, **req, "adapter": "a"})[1])
+        listing = call(adapters_url, "/v1/adapters")[0]["adapters"]
+        load_s = {a["name"]: a.get("load_seconds") for a in listing}
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+
+    med = {v: statistics.median(t) for v, t in wall.items()}
+    paired = {v: statistics.median(a / b for a, b in zip(wall[v], wall["base"])) for v in variants}
+    print(f"\n{n} new tokens per request, greedy, one request at a time over HTTP; "
+          f"{args.rounds} rounds x {len(PROMPTS)} prompts")
+    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'paired vs base':>15} {'min s':>7} {'max s':>7} "
+          f"{'server s':>9}")
     for v in variants:
-        print(f"{v:<10} {med[v]:>9.3f} {n / med[v]:>9.2f} {paired[v]:>14.3f}x {min(times[v]):>7.3f} "
-              f"{max(times[v]):>7.3f}")
-    switch_us = statistics.median(switch) * 1e6
-    print(f"\nadapter switch (already loaded): median {switch_us:.0f} us; first load: "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in load_s.items()))
-    print(f"requests alternating adapters a/b: median {statistics.median(alternating):.3f} s; "
-          f"staying on a: {statistics.median(staying):.3f} s")
+        print(f"{v:<10} {med[v]:>9.3f} {n / med[v]:>9.2f} {paired[v]:>14.3f}x {min(wall[v]):>7.3f} "
+              f"{max(wall[v]):>7.3f} {statistics.median(gen[v]):>9.3f}")
+    alt, stay = statistics.median(alternating), statistics.median(staying)
+    print(f"\nrequests alternating adapters a/b: median {alt:.3f} s; staying on a: {stay:.3f} s "
+          f"(switch cost {1000 * (alt - stay):+.0f} ms); first load: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in load_s.items() if v is not None))
     verdict = "PASS" if paired["merged"] <= 1.03 else "FAIL"
     print(f"merged vs base latency (median paired ratio): {paired['merged']:.3f}x (target <= 1.03): {verdict}")
     result = {
         "benchmark": "serve_latency", "model": args.model, "new_tokens": n, "rounds": args.rounds,
-        "requests_per_variant": len(times["base"]),
+        "requests_per_variant": len(wall["base"]),
         "median_s": {v: round(m, 4) for v, m in med.items()},
         "tokens_per_s": {v: round(n / m, 2) for v, m in med.items()},
         "merged_vs_base": round(paired["merged"], 4), "unmerged_vs_base": round(paired["unmerged"], 4),
         "base_peft_vs_base": round(paired["base/peft"], 4),
-        "switch_us_median": round(switch_us, 1), "adapter_load_s": {k: round(v, 3) for k, v in load_s.items()},
-        "alternating_s_median": round(statistics.median(alternating), 4),
-        "staying_s_median": round(statistics.median(staying), 4),
-        "merged_within_3pct": verdict == "PASS", "torch_threads": torch.get_num_threads(),
+        "alternating_s_median": round(alt, 4), "staying_s_median": round(stay, 4),
+        "adapter_load_s": load_s, "merged_within_3pct": verdict == "PASS",
     }
     print(json.dumps(result))
     sys.exit(0 if verdict == "PASS" else 1)

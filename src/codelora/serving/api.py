@@ -57,6 +57,7 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0: greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = None
+    min_new_tokens: int = Field(0, ge=0, description="generate at least this many tokens (fixed-length benchmarks)")
 
 
 class ChatMessage(BaseModel):
@@ -193,9 +194,9 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             state["admitted"] -= 1
             state["completed"] += 1
 
-    def call_engine(ids, adapter, max_new_tokens, temperature, top_p, seed):
+    def call_engine(ids, adapter, max_new_tokens, temperature, top_p, seed, min_new_tokens=None):
         try:
-            return engine.generate(ids, adapter, max_new_tokens, temperature, top_p, seed)
+            return engine.generate(ids, adapter, max_new_tokens, temperature, top_p, seed, min_new_tokens)
         except AdapterNameError as e:
             raise ApiError(400, str(e)) from None
         except UnknownAdapterError as e:
@@ -244,9 +245,12 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     async def generate(request: Request):
         body = await parse(request, GenerateRequest)
         check_max_new_tokens(body.max_new_tokens, "max_new_tokens")
+        if body.min_new_tokens > body.max_new_tokens:
+            raise ApiError(422, f"min_new_tokens: {body.min_new_tokens} is above max_new_tokens {body.max_new_tokens}")
         request_id = uuid.uuid4().hex[:12]
         ids = engine.question_ids(body.prompt)
-        g = await run(call_engine, ids, body.adapter, body.max_new_tokens, body.temperature, body.top_p, body.seed)
+        g = await run(call_engine, ids, body.adapter, body.max_new_tokens, body.temperature, body.top_p, body.seed,
+                      body.min_new_tokens or None)
         log_request("generate", g, body.prompt, request_id)
         return {"id": request_id, "text": g.text, "model": g.model, "base_model": engine.base_name,
                 "finish_reason": g.finish_reason, "seconds": round(g.seconds, 3),
