@@ -95,6 +95,9 @@ class LoraSettings:
     dropout: float = 0.0  # dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step (docs/performance.md)
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: str = "none"  # which biases train: none, all or lora_only
+    use_rslora: bool = False  # rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r
+    use_dora: bool = False  # DoRA: also learn a magnitude vector per adapted matrix (d_out more parameters)
+    layers_to_transform: list[int] | None = None  # only these transformer blocks (0-based); None: all
 
     def validate(self) -> None:
         if self.r < 1:
@@ -112,6 +115,12 @@ class LoraSettings:
                 )
         elif not self.target_modules:
             raise ConfigError("lora.target_modules is empty: list module names such as [q_proj, v_proj] or use all-linear")
+        if self.layers_to_transform is not None:
+            layers = self.layers_to_transform
+            if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) \
+                    or len(set(layers)) != len(layers):
+                raise ConfigError(f"lora.layers_to_transform must be a non-empty list of distinct block indices >= 0, "
+                                  f"got {layers!r}; omit it to adapt every block")
 
 
 @dataclass

@@ -27,3 +27,43 @@ def test_unknown_target_module_lists_the_real_ones():
     with pytest.raises(ConfigError) as e:
         apply_lora(build_tiny_model(build_tokenizer()), LoraSettings(target_modules=["query"]))
     assert "q_proj" in str(e.value) and "lora.target_modules" in str(e.value)
+
+
+# tiny model: hidden 64, 4 heads of 16, 2 kv heads -> q,o are 64x64 and k,v are 64x32 (d_out); 2 blocks
+QKVO = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64)}  # (d_in, d_out)
+
+
+def _closed_form(r, blocks, dora=False):
+    per_block = sum(r * (d_in + d_out) + (d_out if dora else 0) for d_in, d_out in QKVO.values())
+    return blocks * per_block
+
+
+def test_layers_to_transform_adapts_only_those_blocks():
+    peft_model = apply_lora(build_tiny_model(build_tokenizer()), LoraSettings(r=4, layers_to_transform=[1]))
+    trainable, _ = count_parameters(peft_model)
+    assert trainable == _closed_form(4, blocks=1)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n for n in names)
+
+
+def test_dora_adds_one_magnitude_per_output_feature():
+    peft_model = apply_lora(build_tiny_model(build_tokenizer()), LoraSettings(r=4, use_dora=True))
+    assert count_parameters(peft_model)[0] == _closed_form(4, blocks=2, dora=True)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r():
+    for rs, expected in ((True, 32 / 16 ** 0.5), (False, 32 / 16)):
+        peft_model = apply_lora(build_tiny_model(build_tokenizer()), LoraSettings(r=16, alpha=32, use_rslora=rs))
+        q = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+        assert q.scaling["default"] == expected
+        assert count_parameters(peft_model)[0] == _closed_form(16, blocks=2)
+
+
+@pytest.mark.parametrize("layers, message", [([], "non-empty"), ([0, 0], "distinct"), ([-1], ">= 0"),
+                                             ([2], "has 2 blocks, 0 to 1")])
+def test_bad_layers_to_transform_name_the_field(layers, message):
+    with pytest.raises(ConfigError, match="lora.layers_to_transform") as e:
+        s = LoraSettings(layers_to_transform=layers)
+        s.validate()
+        apply_lora(build_tiny_model(build_tokenizer()), s)
+    assert message in str(e.value)

@@ -18,6 +18,9 @@ def peft_lora_config(s: LoraSettings, base_model: str | None = None):
         lora_dropout=s.dropout,
         target_modules=s.target_modules,
         bias=s.bias,
+        use_rslora=s.use_rslora,
+        use_dora=s.use_dora,
+        layers_to_transform=s.layers_to_transform,
         base_model_name_or_path=base_model,  # recorded in adapter_config.json
     )
 
@@ -25,6 +28,10 @@ def peft_lora_config(s: LoraSettings, base_model: str | None = None):
 def apply_lora(model, s: LoraSettings, base_model: str | None = None):
     from peft import get_peft_model
 
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if s.layers_to_transform and n_layers is not None and max(s.layers_to_transform) >= n_layers:
+        raise ConfigError(f"lora.layers_to_transform={s.layers_to_transform} names a block this model does not have: "
+                          f"it has {n_layers} blocks, 0 to {n_layers - 1}")
     try:
         return get_peft_model(model, peft_lora_config(s, base_model))
     except ValueError as e:  # peft names the modules it could not find

@@ -109,7 +109,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
 
     model = apply_lora(model, cfg.lora, base_model=source.name)
     trainable, total = count_parameters(model)
-    say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}: "
+    extras = [name for name, on in (("rsLoRA", cfg.lora.use_rslora), ("DoRA", cfg.lora.use_dora)) if on]
+    if cfg.lora.layers_to_transform is not None:
+        extras.append(f"blocks {cfg.lora.layers_to_transform}")
+    say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}"
+        f"{' (' + ', '.join(extras) + ')' if extras else ''}: "
         f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
     if dist.main:
