@@ -6,6 +6,7 @@
     codelora ask "question" [--adapter RUN_DIR]
     codelora merge RUN_DIR --out DIR
     codelora serve [--adapters DIR] [--host 127.0.0.1] [--port 8000]
+    codelora sweep SWEEP.yaml
 
 Errors caused by input print one line, `codelora: error: ...`, and exit 1 (2 for usage).
 """
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-prompts", action="store_true", help="write prompts and answers to the log (off by default)")
     p.add_argument("--lazy", action="store_true", help="load adapters on first use instead of at start")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("sweep", help="run a grid of configs (rank, targets, layers, lr, ...) one cell after another; "
+                                     "restarting skips finished cells; writes sweep.csv, sweep.json and plots")
+    p.add_argument("sweep_file", help="sweep YAML, e.g. configs/sweeps/rank.yaml")
     return parser
 
 
@@ -205,6 +210,13 @@ def _dispatch(args) -> int:
                                   max_body_bytes=args.max_body_bytes, api_key=args.api_key,
                                   log_prompts=args.log_prompts)
         serve(args.adapters, args.host, args.port, args.model, args.device, settings, preload=not args.lazy)
+        return 0
+    if args.command == "sweep":
+        from codelora.experiments.sweep import run_sweep
+
+        sweep = run_sweep(args.sweep_file, say=lambda m: print(f"codelora: {m}", file=sys.stderr, flush=True))
+        print(f"codelora: wrote {sweep.out}/sweep.csv, sweep.json and plots ({len(sweep.results)} cells)",
+              file=sys.stderr)
         return 0
     raise AssertionError(args.command)
 

@@ -1,0 +1,1 @@
+"""Experiments: grids of runs (sweeps) and their tables and plots."""
