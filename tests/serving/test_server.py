@@ -1,6 +1,5 @@
 """`codelora serve` as a user runs it: a real process, real HTTP, real adapters on a tiny model."""
 
-import json
 import subprocess
 import sys
 import threading

@@ -21,6 +21,19 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torc
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def decoding_kwargs(fmt: PromptFormat, temperature: float = 0.0, top_p: float = 0.95) -> dict:
+    """model.generate settings: greedy at temperature 0 (deterministic answers for evaluation),
+    else sampled; stop at the end of the assistant's turn."""
+    return {
+        "do_sample": temperature > 0,
+        "temperature": temperature if temperature > 0 else None,
+        "top_p": top_p if temperature > 0 else None,
+        "top_k": None,
+        "eos_token_id": fmt.stop_ids,
+        "pad_token_id": fmt.tok.pad_token_id,
+    }
+
+
 @torch.inference_mode()
 def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tokens: int, batch_size: int,
                      device: str, streamer=None, temperature: float = 0.0, top_p: float = 0.95) -> list[str]:
@@ -36,13 +49,8 @@ def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tok
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,  # greedy by default: deterministic answers for evaluation
-            temperature=temperature if temperature > 0 else None,
-            top_p=top_p if temperature > 0 else None,
-            top_k=None,
-            eos_token_id=fmt.stop_ids,
-            pad_token_id=tok.pad_token_id,
             streamer=streamer,
+            **decoding_kwargs(fmt, temperature, top_p),
         )
         new = out[:, enc["input_ids"].shape[1]:]
         for row, i in zip(new, idx):

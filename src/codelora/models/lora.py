@@ -78,6 +78,11 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False, adapte
                          f"{detail[:300]}") from None
 
 
+def is_adapter_dir(path: Path) -> bool:
+    """A peft adapter folder in the form codelora loads: config plus safetensors weights."""
+    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+
+
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     d = Path(adapter_dir)
     if not (d / "adapter_config.json").is_file():

@@ -139,9 +139,12 @@ class BodyLimit:
             await _send_error(send, e.status, e.message)
 
 
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
 async def _send_error(send, status: int, message: str):
-    response = JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
-    await response({"type": "http"}, None, send)
+    await error_response(status, message)({"type": "http"}, None, send)
 
 
 # -- the app --------------------------------------------------------------------------------------
@@ -151,9 +154,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codelora-generate")
     state = {"admitted": 0, "completed": 0}
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
-
+    error = error_response
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
         return error(e.status, e.message, e.kind)

@@ -17,6 +17,7 @@ from pathlib import Path
 from codelora.config import ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError, ModelError
+from codelora.evaluation.generate import decoding_kwargs
 from codelora.models.adapters import check_finite, check_same_base, check_shapes
 from codelora.serving.registry import AdapterRegistry
 
@@ -147,14 +148,9 @@ class Engine:
                 torch.manual_seed(seed)
             t0 = time.perf_counter()
             input_ids = torch.tensor([ids], device=self.device)
-            out = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None, top_k=None,
-                eos_token_id=self.fmt.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            )
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                 **decoding_kwargs(self.fmt, temperature, top_p))
             seconds = time.perf_counter() - t0
         new = out[0, len(ids):].tolist()
         stopped = bool(new) and new[-1] in self.fmt.stop_ids

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelora.errors import CodeloraError, ModelError
+from codelora.models.lora import is_adapter_dir
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole name (fullmatch: "$" would allow a final newline)
 
@@ -45,7 +46,7 @@ class AdapterRegistry:
         real = Path(os.path.realpath(self.root / name))
         if real.parent != self.root and self.root not in real.parents:
             raise AdapterNameError(f"adapter {name!r} leads outside the adapter directory; refused")
-        if not ((real / "adapter_config.json").is_file() and (real / "adapter_model.safetensors").is_file()):
+        if not is_adapter_dir(real):
             raise UnknownAdapterError(f"unknown adapter {name!r}; GET /v1/adapters lists the available ones")
         return AdapterEntry(name, real)
 

@@ -6,7 +6,6 @@ import ipaddress
 import logging
 import os
 import sys
-from pathlib import Path
 
 from codelora.config import EMBEDDED_MODEL, ModelConfig
 from codelora.errors import CodeloraError
@@ -69,7 +68,8 @@ def serve(adapters: str | None, host: str = "127.0.0.1", port: int = 8000, model
         for problem in engine.preload() if preload else []:
             log.warning("not serving: %s", problem)
         log.info("adapters in %s: %s", registry.root, ", ".join(sorted(engine.adapters)) or "none loaded")
-        skipped = [p.name for p in Path(registry.root).iterdir() if p.name not in registry.names()]
+        usable = set(registry.names())
+        skipped = [p.name for p in registry.root.iterdir() if p.name not in usable]
         if skipped:
             log.warning("ignored (not an adapter folder, or a name/location that is refused): %s",
                         ", ".join(sorted(skipped)))
