@@ -278,8 +278,10 @@ def _train_or_run(args) -> int:
             e.add_note(f"checkpoints kept in {partial}; resume with: {_resume_command()}")
         raise
     print(f"codelora: wrote {cfg.out}", file=sys.stderr)
-    print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" --adapter {cfg.out}",
-          file=sys.stderr)
+    if cfg.model.task == "causal-lm" and cfg.train.method != "none":  # an adapter, or a whole tuned model
+        flag = "--adapter" if cfg.train.method == "lora" else "--model"
+        print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" {flag} {cfg.out}",
+              file=sys.stderr)
     return 0
 
 

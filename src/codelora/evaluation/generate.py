@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from codelora.data.prompts import PromptFormat
-
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -21,7 +19,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torc
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def decoding_kwargs(fmt: PromptFormat, temperature: float = 0.0, top_p: float = 0.95) -> dict:
+def decoding_kwargs(fmt, temperature: float = 0.0, top_p: float = 0.95) -> dict:
     """model.generate settings: greedy at temperature 0 (deterministic answers for evaluation),
     else sampled; stop at the end of the assistant's turn."""
     return {
@@ -35,7 +33,7 @@ def decoding_kwargs(fmt: PromptFormat, temperature: float = 0.0, top_p: float = 
 
 
 @torch.inference_mode()
-def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tokens: int, batch_size: int,
+def generate_answers(model, fmt, questions: list[str], max_new_tokens: int, batch_size: int,
                      device: str, streamer=None, temperature: float = 0.0, top_p: float = 0.95) -> list[str]:
     """Greedy answers (temperature 0), or sampled ones (seed torch first for repeatability)."""
     tok = fmt.tok
@@ -52,7 +50,8 @@ def generate_answers(model, fmt: PromptFormat, questions: list[str], max_new_tok
             streamer=streamer,
             **decoding_kwargs(fmt, temperature, top_p),
         )
-        new = out[:, enc["input_ids"].shape[1]:]
+        # a decoder returns prompt + answer; an encoder-decoder only the decoder's tokens
+        new = out if getattr(model.config, "is_encoder_decoder", False) else out[:, enc["input_ids"].shape[1]:]
         for row, i in zip(new, idx):
             answers[i] = tok.decode(row, skip_special_tokens=True).strip()
     return answers

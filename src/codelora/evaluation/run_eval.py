@@ -1,25 +1,44 @@
-"""`codelora eval RUN_DIR`: re-create a run's test split and compare base vs its adapter."""
+"""`codelora eval RUN_DIR`: re-create a run's test split and compare the base model with what the
+run trained (its adapter, or its whole model for full / top-K runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
 
 from codelora.config import RunConfig, load_config_file, parse_config
-from codelora.data.dataset import load_data, prepare_data
-from codelora.data.prompts import PromptFormat
+from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError
-from codelora.evaluation.compare import compare_base_and_adapter
+from codelora.evaluation.compare import compare_models
 from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
+def candidates(model, method: str, fresh_base):
+    """(name, model, context) to evaluate: base first, then the tuned model."""
+    if method == "lora":
+        return [("base", model, model.disable_adapter()), ("adapter", model, contextlib.nullcontext())]
+    if method == "none":
+        return [("base", model, contextlib.nullcontext())]
+    return [("base", fresh_base(), contextlib.nullcontext()), ("adapter", model, contextlib.nullcontext())]
+
+
+def _fresh_base(cfg: RunConfig, device: str, labels: list[str] | None):
+    import transformers
+
+    transformers.set_seed(cfg.seed)  # a classifier's new head starts as the trained one did
+    return load_base(cfg.model, device, labels=labels)[0]
+
+
 def evaluate_trained(trained, cfg: RunConfig) -> dict:
-    """Evaluate the adapter a `train` call just produced (used by `codelora run`)."""
+    """Evaluate what a `train` call just produced (used by `codelora run`)."""
     d = trained.data
-    return compare_base_and_adapter(trained.model, trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg.eval,
-                                    trained.tokenizer.pad_token_id, trained.device, trained.run_dir)
+    labels = getattr(trained.fmt, "labels", None)
+    return compare_models(candidates(trained.model, trained.method, lambda: _fresh_base(cfg, trained.device, labels)),
+                          trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg.eval,
+                          trained.tokenizer.pad_token_id, trained.device, trained.run_dir, trained.method)
 
 
 def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: int | None = None) -> dict:
@@ -31,9 +50,14 @@ def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: 
     cfg.eval = dataclasses.replace(cfg.eval, **overrides)
     cfg.validate()
     device = pick_device(cfg.train.device)
-    loaded = load_data(cfg.data)
-    base, tokenizer, _ = load_base(cfg.model, device)
-    fmt = PromptFormat(tokenizer)
+    method, task = cfg.train.method, cfg.model.task
+    loaded = load_task_data(cfg.data, task)
+    labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
+    import transformers
+
+    transformers.set_seed(cfg.seed)  # a classifier's new head starts as the trained one did
+    base, tokenizer, _ = load_base(cfg.model, device, labels=labels)
+    fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
@@ -41,6 +65,11 @@ def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: 
         if expected != data.curated.sha256:
             raise DataError(f"the data of {cfg.data.source} differs from what run {run_dir} was trained on "
                             f"(sha256 {data.curated.sha256[:12]} != {expected[:12]}); its test split cannot be rebuilt")
-    model = load_adapter(base, run_dir)
-    return compare_base_and_adapter(model, fmt, data.rows_of("test"), data.examples_of("test"), cfg.eval,
-                                    tokenizer.pad_token_id, device, run_dir)
+    if method == "lora":
+        model = load_adapter(base, run_dir)
+    elif method == "none":
+        model = base
+    else:  # the run directory holds the whole tuned model
+        model = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, labels=labels)[0]
+    return compare_models(candidates(model, method, lambda: base), fmt, data.rows_of("test"), data.examples_of("test"),
+                          cfg.eval, tokenizer.pad_token_id, device, run_dir, method)

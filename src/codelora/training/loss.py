@@ -63,7 +63,18 @@ def _frozen_linear_head(head) -> bool:
 
 
 def supervised_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Return (sum of token losses, number of supervised tokens) for one batch."""
+    """Return (sum of token losses, number of supervised tokens) for one batch.
+
+    Sums, not means: the caller divides by the supervised count of the whole optimizer step.
+    """
+    if "class_labels" in batch:  # one label per text
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["class_labels"], reduction="sum"), len(batch["class_labels"])
+    if "decoder_labels" in batch:  # encoder-decoder: the model shifts the labels into decoder inputs itself
+        targets = batch["decoder_labels"]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=targets).logits
+        keep = targets != IGNORE_INDEX
+        return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum"), int(keep.sum())
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX

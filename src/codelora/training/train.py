@@ -1,4 +1,9 @@
-"""`codelora train`: data -> base model -> LoRA -> training loop -> adapter and logs in a run directory."""
+"""`codelora train`: data -> base model -> LoRA (or another method) -> training loop -> adapter and logs.
+
+train.method picks what trains: LoRA adapters (the run directory is a peft adapter folder), every
+weight (`full`) or the last K blocks and the head (`top-K`; both save a whole model there), or
+nothing (`none`: the baseline; only the validation loss is measured).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from codelora.config import RunConfig, TrainConfig, dump_config, load_config_file
+from codelora.config import RunConfig, TrainConfig, dump_config, load_config_file, parse_method
 from codelora.console import say
-from codelora.data.dataset import PreparedData, load_data, prepare_data
+from codelora.data.dataset import PreparedData, load_task_data, prepare_data, task_format
 from codelora.data.prompts import Example, PromptFormat
 from codelora.errors import CodeloraError, TrainingStopped
 from codelora.models.lora import apply_lora, count_parameters
+from codelora.models.methods import set_trainable
 from codelora.models.sources import ModelSource, load_base, pick_device
 from codelora.training.batches import length_grouped_batches, split_to_budget
 from codelora.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
@@ -37,13 +43,14 @@ RESUMABLE_CHANGES = ("out", "eval.", "train.save_every", "train.keep_checkpoints
 class TrainedRun:
     """Everything `run` hands from training to evaluation, so nothing is loaded twice."""
 
-    model: object  # peft.PeftModel
+    model: object  # peft.PeftModel for LoRA, else the (tuned) transformers model
     tokenizer: object
-    fmt: PromptFormat
+    fmt: PromptFormat  # or Seq2SeqFormat / ClassFormat, per model.task
     data: PreparedData
     source: ModelSource
     device: str
     run_dir: Path
+    method: str = "lora"
 
 
 @dataclass
@@ -88,8 +95,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
         device = f"cuda:{dist.local_rank}"
         torch.cuda.set_device(device)
     dtype = resolve_precision(cfg.train.precision, device)
-    loaded = load_data(cfg.data)  # before the model: bad data fails in a second, not after a model load
-    model, tokenizer, source = load_base(cfg.model, device, dtype=dtype)
+    task, method = cfg.model.task, cfg.train.method
+    loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
+    labels = label_names(loaded.rows) if task == "classification" else None
+    model, tokenizer, source = load_base(cfg.model, device, dtype=dtype, labels=labels)
     if cfg.model.quantize != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -99,7 +108,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     say(f"model {source.name} ({source.kind}) on {device}, {str(dtype).removeprefix('torch.')}"
         + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
         + (f", {dist.world} processes" if dist.enabled else ""))
-    fmt = PromptFormat(tokenizer)
+    fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     sizes = data.summary()["split_sizes"]
     rep = data.curated.split_report
@@ -107,14 +116,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
         f"validation {sizes['validation']}, test {sizes['test']}"
         + (f" ({rep['grouped_rows']} related rows kept together in {rep['groups']} groups)" if "groups" in rep else ""))
 
-    model = apply_lora(model, cfg.lora, base_model=source.name)
+    if method == "lora":
+        model = apply_lora(model, cfg.lora, base_model=source.name, task=task)
+    else:
+        set_trainable(model, method, task)
     trainable, total = count_parameters(model)
-    extras = [name for name, on in (("rsLoRA", cfg.lora.use_rslora), ("DoRA", cfg.lora.use_dora)) if on]
-    if cfg.lora.layers_to_transform is not None:
-        extras.append(f"blocks {cfg.lora.layers_to_transform}")
-    say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {cfg.lora.target_modules}"
-        f"{' (' + ', '.join(extras) + ')' if extras else ''}: "
-        f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        + (f"; labels: {', '.join(labels)}" if labels else ""))
 
     if dist.main:
         dump_config(cfg, run_dir / "config.yaml")
@@ -129,16 +137,29 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
             checkpoint = find_latest(run_dir / "checkpoints")
         if checkpoint is None:
             say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
-    stats = fit(model, data.examples_of("train"), data.examples_of("validation"), cfg.train, cfg.seed,
-                tokenizer.pad_token_id, device, run_dir, checkpoint, allow_partial_resume, dist, dtype)
+    if method == "none":
+        stats = baseline(model, data.examples_of("validation"), cfg.train, tokenizer.pad_token_id, device,
+                         run_dir if dist.main else None, dist, dtype)
+    else:
+        stats = fit(model, data.examples_of("train"), data.examples_of("validation"), cfg.train, cfg.seed,
+                    tokenizer.pad_token_id, device, run_dir, checkpoint, allow_partial_resume, dist, dtype)
+    trained = TrainedRun(model, tokenizer, fmt, data, source, device, run_dir, method)
     if not dist.main:
-        return TrainedRun(model, tokenizer, fmt, data, source, device, run_dir)
-    # adapter_config.json + adapter_model.safetensors; embeddings are never trained here, and "auto"
-    # would look the base model up on the Hub
-    model.save_pretrained(run_dir, save_embedding_layers=False)
+        return trained
+    if method == "lora":
+        # adapter_config.json + adapter_model.safetensors; embeddings are never trained here, and "auto"
+        # would look the base model up on the Hub
+        model.save_pretrained(run_dir, save_embedding_layers=False)
+    elif method != "none":  # a whole model: usable as --model RUN_DIR
+        model.save_pretrained(run_dir)
+        tokenizer.save_pretrained(run_dir)
+    if labels:
+        write_json_atomic(run_dir / "labels.json", labels)
     plot_loss_curve(LossLog.read(run_dir / "loss_log.jsonl"), run_dir / "loss_curve.png")
 
     manifest = base_manifest(cfg.seed) | {
+        "method": method,
+        "task": task,
         "model": source.to_dict(),
         "device": device,
         "precision": str(dtype).removeprefix("torch."),
@@ -150,7 +171,41 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     write_json_atomic(run_dir / "manifest.json", manifest)
     say(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s ({stats['tokens_per_s']:.0f} tokens/s); "
         f"validation loss {stats['val_loss_start']:.3f} -> {stats['val_loss_end']:.3f}")
-    return TrainedRun(model, tokenizer, fmt, data, source, device, run_dir)
+    return trained
+
+
+def label_names(rows: list[dict]) -> list[str]:
+    from codelora.data.labels import label_names as names
+
+    return names(rows)
+
+
+def describe_method(cfg: RunConfig) -> str:
+    kind, k = parse_method(cfg.train.method)
+    if kind == "full":
+        return "full fine-tuning"
+    if kind == "top":
+        return f"top-{k}: the last {k} blocks and the head train"
+    if kind == "none":
+        return "method none: no training (baseline)"
+    lo = cfg.lora
+    extras = [name for name, on in (("rsLoRA", lo.use_rslora), ("DoRA", lo.use_dora)) if on]
+    if lo.layers_to_transform is not None:
+        extras.append(f"blocks {lo.layers_to_transform}")
+    return f"LoRA r={lo.r} alpha={lo.alpha} on {lo.target_modules}{' (' + ', '.join(extras) + ')' if extras else ''}"
+
+
+def baseline(model, val_ex: list[Example], tc: TrainConfig, pad_id: int, device: str, run_dir: Path | None,
+             dist: Dist, dtype: torch.dtype) -> dict:
+    """train.method none: no step is taken; the validation loss is measured once, like fit's step 0."""
+    t0 = time.perf_counter()
+    with autocast(device, dtype):
+        val = validation_loss(model, val_ex, tc.batch_size, pad_id, device, dist)
+    with LossLog(run_dir / "loss_log.jsonl" if run_dir else None) as log:
+        log.write(split="validation", step=0, epoch=0.0, loss=val)
+    return {"steps": 0, "epochs": 0.0, "seconds": round(time.perf_counter() - t0, 2), "train_seconds": 0.0,
+            "tokens": 0, "tokens_per_s": 0.0, "final_train_loss": None, "val_loss_start": val, "val_loss_end": val,
+            "resumed_from_step": None}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
