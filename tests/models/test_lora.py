@@ -67,3 +67,27 @@ def test_bad_layers_to_transform_name_the_field(layers, message):
         s.validate()
         apply_lora(build_tiny_model(build_tokenizer()), s)
     assert message in str(e.value)
+
+
+def test_lora_on_an_encoder_decoder_matches_the_closed_form():
+    from conftest import build_tiny_t5
+
+    peft_model = apply_lora(build_tiny_t5(build_tokenizer()), LoraSettings(r=4, target_modules=["q", "k", "v", "o"]),
+                            task="seq2seq")
+    # encoder: 2 blocks x self-attention; decoder: 2 blocks x (self + cross); each q,k,v,o is 32 x 32
+    matrices = 2 * 4 + 2 * 2 * 4
+    assert count_parameters(peft_model)[0] == matrices * 4 * (32 + 32)
+    assert type(peft_model).__name__ == "PeftModelForSeq2SeqLM"
+
+
+def test_lora_on_a_classifier_trains_the_new_head_too():
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import build_tiny_bert
+
+    cfg = build_tiny_bert(build_tokenizer()).config
+    cfg.num_labels = 5
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    peft_model = apply_lora(model, LoraSettings(r=8, target_modules=["query", "value"]), task="classification")
+    # 2 blocks x (query, value), each 32 x 32, plus the classifier (32 x 5 + 5), saved as modules_to_save
+    assert count_parameters(peft_model)[0] == 2 * 2 * 8 * (32 + 32) + 32 * 5 + 5

@@ -146,3 +146,29 @@ def test_a_checkpoint_without_optimizer_or_rng_needs_allow_partial(lora_model, t
     with pytest.raises(CheckpointError, match="has no optimizer.pt or rng_state.pt.*--allow-partial-resume"):
         load_checkpoint(ckpt, lora_model, opt, allow_partial=False)
     assert load_checkpoint(ckpt, lora_model, opt, allow_partial=True) == {"progress": {}}
+
+
+def test_top_k_checkpoint_holds_only_the_trained_weights_and_restores_them(tmp_path, tiny_model_dir):
+    from codelora.models.methods import set_trainable
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    set_trainable(model, "top-1", "causal-lm")
+    opt = one_step(model)
+    path = save_checkpoint(tmp_path / "checkpoints", 1, model, opt, {"progress": {}}, keep=2)
+    ckpt = verify(path)
+    assert "trainable.safetensors" in ckpt.files and "adapter_model.safetensors" not in ckpt.files
+    from safetensors.torch import load_file
+
+    saved = load_file(path / "trainable.safetensors")
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    set_trainable(fresh, "top-1", "causal-lm")
+    load_checkpoint(ckpt, fresh, torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad]), False)
+    assert all(torch.equal(p, trained[n]) for n, p in fresh.named_parameters())
+
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    set_trainable(other, "full", "causal-lm")  # another method: the checkpoint does not fit
+    with pytest.raises(CheckpointError, match="another lora config or train.method"):
+        load_checkpoint(ckpt, other, torch.optim.AdamW([p for p in other.parameters() if p.requires_grad]), False)

