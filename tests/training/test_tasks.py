@@ -54,6 +54,8 @@ def test_classification_lora_on_a_labeled_file(tmp_path, tiny_bert_dir):
         right = sum(s[name] == s["label"] for s in samples)
         assert report["models"][name]["accuracy"] == pytest.approx(right / len(samples))
         assert 0.0 <= report["models"][name]["macro_f1"] <= 1.0
+    asked = run_cli("ask", "Which category?", "--adapter", out)  # ask is for causal LMs: one clear line
+    assert asked.returncode == 1 and "model.task=classification" in asked.stderr and "Traceback" not in asked.stderr
 
 
 def test_classification_data_of_neither_shape_is_one_line(tmp_path, tiny_bert_dir):
@@ -83,11 +85,13 @@ def test_other_methods_on_a_decoder(tmp_path, tiny_model_dir, data_file, method)
         # a whole model, loadable with --model; it learned something in 4 steps at lr 5e-3
         assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
         assert report["models"]["adapter"]["eval_loss"] < report["models"]["base"]["eval_loss"]
+        asked = run_cli("ask", "Write add", "--adapter", out)
+        assert asked.returncode == 1 and f"use --model {out}" in asked.stderr
 
 
 @pytest.mark.slow
 def test_embedded_encoder_learns_the_builtin_category_task(tmp_path, shared_head):
-    """all-MiniLM-L6-v2 from its wheel, LoRA r=8 on query/value, the instruction-category labels."""
+    """all-MiniLM-L6-v2 from its wheel, LoRA r=16 on query/value, the instruction-category labels."""
     out = tmp_path / "classify"
     r = run_cli("run", "configs/classify.yaml", "--data", shared_head, "--limit", 160, "--out", out,
                 "--max-steps", 6, cwd=REPO)
@@ -95,8 +99,8 @@ def test_embedded_encoder_learns_the_builtin_category_task(tmp_path, shared_head
     labels = json.loads((out / "labels.json").read_text())
     assert "other" in labels and labels == sorted(labels)
     manifest = json.loads((out / "manifest.json").read_text())
-    # 6 blocks x (query, value), each 384 x 384, r=8; plus the classifier 384 x labels + bias
-    assert manifest["parameters"]["trainable"] == 6 * 2 * 8 * (384 + 384) + 384 * len(labels) + len(labels)
+    # 6 blocks x (query, value), each 384 x 384, r=16; plus the classifier 384 x labels + bias
+    assert manifest["parameters"]["trainable"] == 6 * 2 * 16 * (384 + 384) + 384 * len(labels) + len(labels)
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     report = json.loads((out / "eval_report.json").read_text())
     samples = [json.loads(x) for x in (out / "eval_samples.jsonl").read_text().splitlines()]

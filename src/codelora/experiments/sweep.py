@@ -200,6 +200,8 @@ def collect(sweep: Sweep, cell: Cell) -> dict:
     tuned = "adapter" if "adapter" in models else "base"  # method none: the base is what it "trained"
     row["method"] = manifest.get("method", "lora")
     for metric in METRICS:
+        if _get(models, f"base.{metric}") is None:
+            continue  # a metric of another task kind (text metrics vs classification)
         row[metric] = _get(models, f"{tuned}.{metric}")
         row[f"base_{metric}"] = _get(models, f"base.{metric}")
     return row
@@ -249,12 +251,17 @@ def plot(sweep: Sweep) -> None:
         if r.get("trainable_params") and r.get("eval_loss") is not None:
             ax.scatter(r["trainable_params"], r["eval_loss"])
             ax.annotate(r["cell"], (r["trainable_params"], r["eval_loss"]), fontsize=7)
+    base = [r["base_eval_loss"] for r in rows if r.get("base_eval_loss") is not None]
+    if base:  # the untrained model (what a `none` cell measures), for reference
+        ax.axhline(base[0], color="grey", linestyle="--", label="base model (no training)")
+        ax.legend(fontsize=7)
     ax.set_xscale("log"), ax.set_xlabel("trainable parameters"), ax.set_ylabel("eval loss (test split)")
     ax.grid(alpha=0.3)
     figures.append((fig, "eval_loss_vs_trainable_params.png"))
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 4))
     ax.bar([r["cell"] for r in rows], [r.get("train_seconds") or 0 for r in rows])
-    ax.set_ylabel("training time (s)"), ax.tick_params(axis="x", rotation=45, labelsize=7)
+    ax.set_ylabel("training time (s)"), ax.set_title("training time per cell (training loop only)", fontsize=9)
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
     figures.append((fig, "train_seconds.png"))
     for fig, name in figures:
         fig.tight_layout()

@@ -24,10 +24,17 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, max
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise CodeloraError(f"adapter directory not found: {adapter_dir}")
+    if adapter_dir is not None and (adapter_dir / "config.json").is_file() \
+            and not (adapter_dir / "adapter_config.json").is_file():
+        raise CodeloraError(f"{adapter_dir} holds a whole model (a full / top-K run), not an adapter: "
+                            f"use --model {adapter_dir}")
     if model:
         model_cfg = ModelConfig(name=model)
     else:
         model_cfg = base_model_of(adapter_dir) if adapter_dir else ModelConfig(name=EMBEDDED_MODEL)
+    if model_cfg.task != "causal-lm":
+        raise CodeloraError(f"codelora ask answers with causal language models; {adapter_dir} was trained with "
+                            f"model.task={model_cfg.task}: see its eval_report.md, or run codelora eval {adapter_dir}")
     dev = pick_device(device)
     base, tokenizer, source = load_base(model_cfg, dev)
     if adapter_dir is not None and model:
