@@ -107,22 +107,21 @@ def make_labeled_rows(n: int = 60) -> list[dict]:
             for i in range(n)]
 
 
-@pytest.fixture(scope="session")
-def tiny_t5_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_t5")
+def _save_with_plain_tokenizer(build, path: Path) -> Path:
     tok = build_tokenizer(chat_template=False)
-    build_tiny_t5(tok).save_pretrained(path)
+    build(tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    return _save_with_plain_tokenizer(build_tiny_t5, tmp_path_factory.mktemp("tiny_t5"))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tok = build_tokenizer(chat_template=False)
-    build_tiny_bert(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _save_with_plain_tokenizer(build_tiny_bert, tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,7 +22,7 @@ from codelora.config import DataConfig
 from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates, read_source
 from codelora.data.report import categorize
 from codelora.data.split import SPLITS, split_groups
-from codelora.data.validate import Rows, check_drop_fraction, validate_records
+from codelora.data.validate import Rows, check_drop_fraction, select_records, validate_records
 from codelora.errors import DataError
 
 LABEL_COLUMNS = ("text", "label")
@@ -65,21 +65,11 @@ def _builtin_rows(raw: RawRecords, cfg: DataConfig) -> Rows:
 
 
 def _labeled_rows(raw: RawRecords, max_chars: int) -> Rows:
-    drops = {k: list(v) for k, v in raw.drops.items()}
-    rows, position = [], {}
-    for i, (rec, ref) in enumerate(zip(raw.records, raw.refs)):
+    def to_row(rec: dict):
         text, label, reason = _text_and_label(rec, max_chars)
-        if reason:
-            drops.setdefault(reason, []).append(ref)
-            continue
-        position[i] = len(rows)
-        rows.append({"text": text, "label": label, "ref": ref})
-    splits = None
-    if raw.splits is not None:
-        splits = {k: [position[i] for i in v if i in position] for k, v in raw.splits.items()}
-    for refs in drops.values():
-        refs.sort()
-    return Rows(rows, raw.source, raw.kind, raw.ref_kind, raw.total, drops, splits)
+        return (None, reason) if reason else ({"text": text, "label": label}, None)
+
+    return select_records(raw, to_row)
 
 
 def _text_and_label(rec: dict, max_chars: int) -> tuple[str, str, str | None]:

@@ -27,17 +27,16 @@ class Rows:
         return {k: len(v) for k, v in self.drops.items()}
 
 
-def validate_records(raw: RawRecords, max_chars: int) -> Rows:
+def select_records(raw: RawRecords, to_row) -> Rows:
+    """Keep each record that `to_row(rec)` turns into a row (it returns (row, None) or (None, reason));
+    every other record becomes a drop under its reason. A prepared directory's splits are re-indexed."""
     drops = {k: list(v) for k, v in raw.drops.items()}
     rows, position = [], {}
     for i, (rec, ref) in enumerate(zip(raw.records, raw.refs)):
-        reason = _problem(rec, max_chars)
+        row, reason = to_row(rec)
         if reason:
             drops.setdefault(reason, []).append(ref)
             continue
-        row = {c: rec[c] if rec[c] is not None else "" for c in REQUIRED_COLUMNS}
-        if isinstance(rec.get("text"), str):
-            row["text"] = rec["text"]
         row["ref"] = ref
         position[i] = len(rows)
         rows.append(row)
@@ -47,6 +46,19 @@ def validate_records(raw: RawRecords, max_chars: int) -> Rows:
     for refs in drops.values():
         refs.sort()
     return Rows(rows, raw.source, raw.kind, raw.ref_kind, raw.total, drops, splits)
+
+
+def validate_records(raw: RawRecords, max_chars: int) -> Rows:
+    def to_row(rec: dict):
+        reason = _problem(rec, max_chars)
+        if reason:
+            return None, reason
+        row = {c: rec[c] if rec[c] is not None else "" for c in REQUIRED_COLUMNS}
+        if isinstance(rec.get("text"), str):
+            row["text"] = rec["text"]
+        return row, None
+
+    return select_records(raw, to_row)
 
 
 def _problem(rec: dict, max_chars: int) -> str | None:
