@@ -41,6 +41,8 @@ OVERRIDES = {
     "save_every": "train.save_every",
     "trust_remote_code": "model.trust_remote_code",
     "quantize": "model.quantize",
+    "method": "train.method",
+    "task": "model.task",
 }
 
 
@@ -60,6 +62,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
+    g.add_argument("--method", help="what trains: lora (default), full, top-K (e.g. top-2) or none (baseline)")
+    g.add_argument("--task", choices=["causal-lm", "seq2seq", "classification"],
+                   help="model kind: causal-lm (default), seq2seq (T5/CodeT5) or classification (BERT-style)")
     g.add_argument("--lora-r", type=int)
     g.add_argument("--lora-alpha", type=float)
     g.add_argument("--lora-dropout", type=float)

@@ -111,7 +111,7 @@ def test_embedded_encoder_learns_the_builtin_category_task(tmp_path, shared_head
 @pytest.mark.slow
 def test_embedded_decoder_top_2_is_a_loadable_model(tmp_path, data_file):
     out = tmp_path / "top2"
-    r = run_cli("train", "--data", data_file, "--out", out, "--max-steps", 1, "--set", "train.method=top-2")
+    r = run_cli("train", "--data", data_file, "--out", out, "--max-steps", 1, "--method", "top-2")
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     # SmolLM2 block: q, o 576x576; k, v 576x192; gate, up, down 576x1536; two norms of 576

@@ -98,7 +98,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     task, method = cfg.model.task, cfg.train.method
     loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
     labels = label_names(loaded.rows) if task == "classification" else None
-    model, tokenizer, source = load_base(cfg.model, device, dtype=dtype, labels=labels)
+    # Weights that train stay fp32 (bf16 runs under autocast): a bf16 weight drops updates below
+    # 1/256 of its size, i.e. most AdamW steps at full fine-tuning learning rates.
+    trains_base = parse_method(method)[0] in ("full", "top")
+    model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if trains_base else dtype,
+                                         labels=labels)
     if cfg.model.quantize != "none":
         from peft import prepare_model_for_kbit_training
 
