@@ -141,8 +141,6 @@ class Seq2SeqFormat:
     sides end with eos, which also stops generation.
     """
 
-    uses_chat_template = False
-
     def __init__(self, tokenizer):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token")
@@ -164,8 +162,6 @@ class Seq2SeqFormat:
 
 class ClassFormat:
     """A text and its label id; the tokenizer adds its own special tokens ([CLS] ... [SEP] for BERT)."""
-
-    uses_chat_template = False
 
     def __init__(self, tokenizer, labels: list[str]):
         self.tok = tokenizer

@@ -92,11 +92,20 @@ def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id:
     }, answers
 
 
+def candidates(model, method: str, fresh_base):
+    """(name, model, context) to evaluate: base first, then the tuned model. LoRA's base is the same
+    PeftModel with its adapter disabled; full / top-K compare with `fresh_base()`; none has no tuned model."""
+    if method == "lora":
+        return [("base", model, model.disable_adapter()), ("adapter", model, contextlib.nullcontext())]
+    if method == "none":
+        return [("base", model, contextlib.nullcontext())]
+    return [("base", fresh_base(), contextlib.nullcontext()), ("adapter", model, contextlib.nullcontext())]
+
+
 def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
                              out_dir: Path) -> dict:
-    return compare_models([("base", peft_model, peft_model.disable_adapter()),
-                           ("adapter", peft_model, contextlib.nullcontext())],
-                          fmt, test_rows, test_examples, ec, pad_id, device, out_dir)
+    return compare_models(candidates(peft_model, "lora", None), fmt, test_rows, test_examples, ec, pad_id, device,
+                          out_dir)
 
 
 def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
@@ -142,8 +151,7 @@ def plot_comparison(report: dict, path: Path) -> None:
     import numpy as np
 
     if report.get("task") == "classification":
-        keys = [("accuracy", "accuracy"), ("macro_precision", "precision (macro)"), ("macro_recall", "recall (macro)"),
-                ("macro_f1", "F1 (macro)"), ("weighted_f1", "F1 (weighted)")]
+        keys = [(k, label) for k, label, _ in CLASS_METRICS if k != "eval_loss"]  # the 0-1 scores
         what = f"{report['rows_for_loss']} texts"
     else:
         keys = [("bleu", "BLEU/100"), ("rouge1_f1", "ROUGE-1 F1"), ("rouge2_f1", "ROUGE-2 F1"),

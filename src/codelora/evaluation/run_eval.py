@@ -3,7 +3,6 @@ run trained (its adapter, or its whole model for full / top-K runs)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -11,32 +10,24 @@ from pathlib import Path
 from codelora.config import RunConfig, load_config_file, parse_config
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError
-from codelora.evaluation.compare import compare_models
+from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
-def candidates(model, method: str, fresh_base):
-    """(name, model, context) to evaluate: base first, then the tuned model."""
-    if method == "lora":
-        return [("base", model, model.disable_adapter()), ("adapter", model, contextlib.nullcontext())]
-    if method == "none":
-        return [("base", model, contextlib.nullcontext())]
-    return [("base", fresh_base(), contextlib.nullcontext()), ("adapter", model, contextlib.nullcontext())]
-
-
-def _fresh_base(cfg: RunConfig, device: str, labels: list[str] | None):
+def seeded_base(cfg: RunConfig, device: str, labels: list[str] | None):
+    """load_base after seeding as `train` does, so a classifier's new head starts as the trained one did."""
     import transformers
 
-    transformers.set_seed(cfg.seed)  # a classifier's new head starts as the trained one did
-    return load_base(cfg.model, device, labels=labels)[0]
+    transformers.set_seed(cfg.seed)
+    return load_base(cfg.model, device, labels=labels)
 
 
 def evaluate_trained(trained, cfg: RunConfig) -> dict:
     """Evaluate what a `train` call just produced (used by `codelora run`)."""
     d = trained.data
     labels = getattr(trained.fmt, "labels", None)
-    return compare_models(candidates(trained.model, trained.method, lambda: _fresh_base(cfg, trained.device, labels)),
+    return compare_models(candidates(trained.model, trained.method, lambda: seeded_base(cfg, trained.device, labels)[0]),
                           trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg.eval,
                           trained.tokenizer.pad_token_id, trained.device, trained.run_dir, trained.method)
 
@@ -53,10 +44,7 @@ def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: 
     method, task = cfg.train.method, cfg.model.task
     loaded = load_task_data(cfg.data, task)
     labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
-    import transformers
-
-    transformers.set_seed(cfg.seed)  # a classifier's new head starts as the trained one did
-    base, tokenizer, _ = load_base(cfg.model, device, labels=labels)
+    base, tokenizer, _ = seeded_base(cfg, device, labels)
     fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     manifest = run_dir / "manifest.json"

@@ -10,7 +10,7 @@ from codelora.models.adapters import base_model_of, check_same_base
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.generate import generate_answers
-from codelora.models.lora import load_adapter
+from codelora.models.lora import is_adapter_dir, load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
@@ -24,8 +24,7 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, max
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise CodeloraError(f"adapter directory not found: {adapter_dir}")
-    if adapter_dir is not None and (adapter_dir / "config.json").is_file() \
-            and not (adapter_dir / "adapter_config.json").is_file():
+    if adapter_dir is not None and (adapter_dir / "config.json").is_file() and not is_adapter_dir(adapter_dir):
         raise CodeloraError(f"{adapter_dir} holds a whole model (a full / top-K run), not an adapter: "
                             f"use --model {adapter_dir}")
     if model:

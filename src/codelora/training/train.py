@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from codelora.config import RunConfig, TrainConfig, dump_config, load_config_file, parse_method
 from codelora.console import say
 from codelora.data.dataset import PreparedData, load_task_data, prepare_data, task_format
+from codelora.data.labels import label_names
 from codelora.data.prompts import Example, PromptFormat
 from codelora.errors import CodeloraError, TrainingStopped
 from codelora.models.lora import apply_lora, count_parameters
@@ -176,12 +177,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     say(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s ({stats['tokens_per_s']:.0f} tokens/s); "
         f"validation loss {stats['val_loss_start']:.3f} -> {stats['val_loss_end']:.3f}")
     return trained
-
-
-def label_names(rows: list[dict]) -> list[str]:
-    from codelora.data.labels import label_names as names
-
-    return names(rows)
 
 
 def describe_method(cfg: RunConfig) -> str:
