@@ -17,7 +17,7 @@ import torch
 
 from codelora.config import ModelConfig
 from codelora.data.prompts import PromptFormat
-from codelora.evaluation.generate import _left_pad
+from codelora.models.generate import _left_pad
 from codelora.models.sources import load_base
 
 QUESTIONS = [

@@ -236,7 +236,7 @@ def _train_or_run(args) -> int:
 
     from codelora.console import say
     from codelora.errors import TrainingStopped
-    from codelora.training.outputs import partial_dir, staged_run_dir
+    from codelora.io.rundir import partial_dir, staged_run_dir
     from codelora.training.train import train
 
     cfg = _config_from_args(args, args.config)

@@ -5,7 +5,7 @@ import pytest
 from codelora.config import parse_config
 from codelora.data.decontaminate import contaminated, humaneval_problems
 from codelora.data.prepare import data_prepare
-from codelora.training.outputs import staged_run_dir
+from codelora.io.rundir import staged_run_dir
 from codelora.training.train import train
 from conftest import make_rows, write_jsonl
 

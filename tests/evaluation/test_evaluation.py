@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from codelora.config import EvalConfig, LoraSettings
 from codelora.data.prompts import PromptFormat
 from codelora.evaluation.compare import compare_base_and_adapter
-from codelora.evaluation.generate import generate_answers
+from codelora.models.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
 from codelora.models.lora import apply_lora
 from conftest import build_tiny_model, build_tokenizer

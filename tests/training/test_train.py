@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from codelora.config import load_config_file, parse_config
 from codelora.errors import CodeloraError
-from codelora.training.outputs import staged_run_dir
+from codelora.io.rundir import staged_run_dir
 from codelora.training.train import train
 
 RUN_FILES = ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json",

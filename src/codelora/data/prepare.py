@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -12,30 +11,21 @@ from codelora.console import say
 from codelora.data.dataset import curate, load_data
 from codelora.data.report import compute_stats, render_report, write_charts
 from codelora.data.split import SPLITS
-from codelora.training.outputs import staged_run_dir, write_json_atomic
+from codelora.io.files import sha256_file, write_json_atomic, write_text_atomic
+from codelora.io.rundir import staged_run_dir
 
 
-def _tokenizer(cfg: RunConfig):
-    from codelora.models.sources import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model(cfg.model), cfg.model.trust_remote_code)
-
-
-def data_report(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
+def data_report(cfg: RunConfig, out: str | Path, tokenizer, overwrite: bool = False) -> dict:
+    """Describe the data of `cfg.data`; token lengths are counted with `tokenizer` (cfg.model's)."""
     src = load_data(cfg.data, enforce_drop_limit=False)  # a report describes bad data too
-    tokenizer = _tokenizer(cfg)
     with staged_run_dir(out, overwrite) as d:
         stats, tok_lens = compute_stats(src, cfg.data, tokenizer)
         stats["tokenizer"] = cfg.model.name
         charts = write_charts(src, stats, d, tok_lens)
         write_json_atomic(d / "stats.json", stats)
-        (d / "report.md").write_text(render_report(stats, charts), encoding="utf-8")
+        write_text_atomic(d / "report.md", render_report(stats, charts))
     say(f"wrote {out}/report.md, stats.json and {len(charts)} charts")
     return stats
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def render_split_report(rep: dict, drops: dict[str, list[int]], ref_kind: str) -> str:
@@ -66,7 +56,7 @@ def data_prepare(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> di
                     r = cur.rows[i]
                     f.write(json.dumps({"instruction": r["instruction"], "input": r["input"], "output": r["output"],
                                         "source_row": r["ref"]}, ensure_ascii=False) + "\n")
-            files[split] = {"rows": len(cur.splits[split]), "sha256": _sha256(path)}
+            files[split] = {"rows": len(cur.splits[split]), "sha256": sha256_file(path)}
         # no timestamps: the same input and config give an identical directory
         manifest = {
             "source": src.source,
@@ -79,8 +69,7 @@ def data_prepare(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> di
             "config": {"seed": cfg.seed, "data": asdict(cfg.data)},
         }
         write_json_atomic(d / "manifest.json", manifest)
-        (d / "split_report.md").write_text(render_split_report(cur.split_report, cur.drops, src.ref_kind),
-                                           encoding="utf-8")
+        write_text_atomic(d / "split_report.md", render_split_report(cur.split_report, cur.drops, src.ref_kind))
     sizes = cur.split_report["split_sizes"]
     say(f"wrote {out}: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']} rows; "
         f"{cur.split_report['grouped_rows']} related rows grouped, cross-split pairs: "

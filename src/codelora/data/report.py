@@ -17,6 +17,7 @@ import numpy as np
 from codelora.config import DataConfig
 from codelora.data.clean import clean_rows, extract_code
 from codelora.data.validate import Rows
+from codelora.io.figures import pyplot, save_figure
 
 COLUMNS = ("instruction", "input", "output", "text")
 WORD = re.compile(r"[a-z0-9']+")
@@ -115,27 +116,15 @@ def compute_stats(src: Rows, cfg: DataConfig, tokenizer=None) -> tuple[dict, dic
 # --- charts ---------------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _hist_grid(src_rows: list[dict], lengths_of, title: str, unit: str, path: Path, cols) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4), dpi=110)
+    fig, axes = pyplot().subplots(1, len(cols), figsize=(4 * len(cols), 3.4), dpi=110)
     for ax, c in zip(np.atleast_1d(axes), cols):
         ax.hist(lengths_of(c), bins=40, color="tab:blue", alpha=0.85)
         ax.set_title(c)
         ax.set_xlabel(unit)
         ax.set_ylabel("rows")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _bars(ax, pairs, title):
@@ -147,7 +136,7 @@ def _bars(ax, pairs, title):
 
 def write_charts(src: Rows, stats: dict, out: Path, tok_lens: dict[str, list[int]]) -> list[tuple[str, str]]:
     """Write the PNG charts; returns (file name, title) pairs."""
-    plt = _plt()
+    plt = pyplot()
     rows = src.rows
     cols = [c for c in COLUMNS if c in stats["chars"]]
     charts = []
@@ -162,16 +151,12 @@ def write_charts(src: Rows, stats: dict, out: Path, tok_lens: dict[str, list[int
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
     for ax, c in zip(axes, ("instruction", "input")):
         _bars(ax, stats["first_words"][c], f"Top first words of {c}")
-    fig.tight_layout()
-    fig.savefig(out / "first_words.png")
-    plt.close(fig)
+    save_figure(fig, out / "first_words.png")
     charts.append(("first_words.png", "Top first words of instruction and input"))
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     _bars(ax, list(stats["categories"].items()), "Keyword task categories of instructions")
-    fig.tight_layout()
-    fig.savefig(out / "categories.png")
-    plt.close(fig)
+    save_figure(fig, out / "categories.png")
     charts.append(("categories.png", "Keyword task categories of instructions"))
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -180,9 +165,7 @@ def write_charts(src: Rows, stats: dict, out: Path, tok_lens: dict[str, list[int
     ax.set_title("Lines of code per output snippet")
     ax.set_xlabel("non-empty lines")
     ax.set_ylabel("rows")
-    fig.tight_layout()
-    fig.savefig(out / "lines_per_output.png")
-    plt.close(fig)
+    save_figure(fig, out / "lines_per_output.png")
     charts.append(("lines_per_output.png", "Lines of code per output snippet"))
     return charts
 

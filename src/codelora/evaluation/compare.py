@@ -20,10 +20,11 @@ import torch
 
 from codelora.config import EvalConfig
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
-from codelora.evaluation.generate import generate_answers
+from codelora.models.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.training.loss import validation_loss
-from codelora.training.outputs import write_json_atomic, write_text_atomic
+from codelora.io.figures import pyplot, save_figure
+from codelora.io.files import write_json_atomic, write_text_atomic
 
 METRICS = [  # key, label, higher is better
     ("eval_loss", "eval loss (answer tokens)", False),
@@ -144,10 +145,6 @@ def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pa
 
 def plot_comparison(report: dict, path: Path) -> None:
     """Grouped bars, base vs adapter, for the metrics on a 0-1 scale (BLEU divided by 100)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     if report.get("task") == "classification":
@@ -159,7 +156,7 @@ def plot_comparison(report: dict, path: Path) -> None:
         what = f"{report['rows_generated']} answers"
     models = report["models"]
     x = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(9, 4), dpi=110)
     names = list(models)
     width = 0.76 / len(names)
     for i, (name, color) in enumerate(zip(names, ("tab:gray", "tab:blue"))):
@@ -171,9 +168,7 @@ def plot_comparison(report: dict, path: Path) -> None:
     title = "Base vs " + tuned_label(report) if len(names) > 1 else "Base model (method none)"
     ax.set_title(f"{title} on the held-out test split ({what})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def tuned_label(report: dict) -> str:

@@ -15,9 +15,10 @@ from codelora.config import ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
-from codelora.evaluation.generate import generate_answers
+from codelora.models.generate import generate_answers
 from codelora.evaluation.sandbox import Limits, isolation
-from codelora.training.outputs import write_json_atomic, write_text_atomic
+from codelora.io.figures import pyplot, save_figure
+from codelora.io.files import write_json_atomic, write_text_atomic
 
 EXECUTION_FLAG_MESSAGE = (
     "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "
@@ -135,23 +136,16 @@ def render_exec_markdown(report: dict) -> str:
 
 
 def plot_pass_at_1(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(report["models"])
     vals = [report["models"][n].get("pass@1", 0.0) for n in names]
     err = [[v - report["models"][n]["pass@1_ci95"][0] for n, v in zip(names, vals)],
            [report["models"][n]["pass@1_ci95"][1] - v for n, v in zip(names, vals)]]
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(names) + 2), 4), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(max(4, 1.6 * len(names) + 2), 4), dpi=110)
     ax.bar(names, vals, yerr=err, capsize=6, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
     ax.set_ylim(0, 1)
     ax.set_ylabel("pass@1 (95% CI)")
     ax.set_title(f"pass@1 on {report['suite']} ({report['tasks']} tasks)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def load_suite(spec: str, limit: int | None = None) -> list[Task]:

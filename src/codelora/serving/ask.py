@@ -9,7 +9,7 @@ from codelora.config import EMBEDDED_MODEL, ModelConfig
 from codelora.models.adapters import base_model_of, check_same_base
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
-from codelora.evaluation.generate import generate_answers
+from codelora.models.generate import generate_answers
 from codelora.models.lora import is_adapter_dir, load_adapter
 from codelora.models.sources import load_base, pick_device
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from codelora.config import ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError, ModelError
-from codelora.evaluation.generate import decoding_kwargs
+from codelora.models.generate import decoding_kwargs
 from codelora.models.adapters import check_finite, check_same_base, check_shapes
 from codelora.serving.registry import AdapterRegistry
 

@@ -17,7 +17,6 @@ window from its first micro-batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -31,7 +30,7 @@ import torch
 
 from codelora.console import say
 from codelora.errors import CodeloraError
-from codelora.training.outputs import describe_os_error
+from codelora.io.files import describe_os_error, sha256_file
 
 FORMAT = 1
 MANIFEST = "checkpoint.json"
@@ -70,14 +69,6 @@ def checkpoint_name(step: int) -> str:
 
 
 # --- writing ------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -141,7 +132,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
         files = {}
         for p in sorted(tmp.iterdir()):
             _fsync(p)
-            files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         manifest = {"format": FORMAT, "step": step, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _fsync(tmp / MANIFEST)
@@ -191,7 +182,7 @@ def verify(path: Path) -> Checkpoint:
         p = path / name
         if Path(name).name != name or not p.is_file():
             raise ValueError(f"{name} is missing")
-        if p.stat().st_size != meta.get("bytes") or _sha256(p) != meta.get("sha256"):
+        if p.stat().st_size != meta.get("bytes") or sha256_file(p) != meta.get("sha256"):
             raise ValueError(f"{name} does not match its sha256 in the manifest")
     return Checkpoint(path, step, files)
 

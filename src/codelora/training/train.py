@@ -31,7 +31,8 @@ from codelora.training.batches import length_grouped_batches, split_to_budget
 from codelora.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from codelora.training.distributed import Dist, init_distributed
 from codelora.training.loss import device_batches, supervised_loss_sum, validation_loss
-from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve, write_json_atomic
+from codelora.io.files import write_json_atomic
+from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve
 from codelora.training.signals import GracefulStop
 
 # Config fields that may change between an interrupted run and its resumption (a moved run
