@@ -21,6 +21,7 @@ from pathlib import Path
 
 from codelora.config import parse_config
 from codelora.data.prepare import data_prepare, data_report
+from codelora.models.sources import load_tokenizer, resolve_model
 
 DEFAULT_HEAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "python-codes-25k.head356.jsonl"
 
@@ -51,7 +52,7 @@ def main() -> int:
         synthesize(Path(args.data), args.rows, src)
         cfg = parse_config({"data": {"source": str(src)}})
         t0 = time.perf_counter()
-        stats = data_report(cfg, Path(tmp) / "report")
+        stats = data_report(cfg, Path(tmp) / "report", load_tokenizer(resolve_model(cfg.model)))
         report_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         manifest = data_prepare(cfg, Path(tmp) / "prepared")

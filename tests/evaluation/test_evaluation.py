@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from codelora.config import EvalConfig, LoraSettings
+from codelora.config import GenerateConfig, LoraSettings, parse_config
 from codelora.data.prompts import PromptFormat
-from codelora.evaluation.compare import compare_base_and_adapter
+from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
 from codelora.models.lora import apply_lora
@@ -31,8 +31,9 @@ def test_batched_greedy_equals_one_at_a_time():
     # wide random init: a default-init tiny model repeats one token, which would hide padding bugs
     model, fmt = build_tiny_model(tok, init_range=0.3).eval(), PromptFormat(tok)
     questions = ["Write add2.", "Write a Python function mul3(x) that applies * 3 to x.", "q"]
-    batched = generate_answers(model, fmt, questions, max_new_tokens=12, batch_size=3, device="cpu")
-    single = [generate_answers(model, fmt, [q], 12, 1, "cpu")[0] for q in questions]
+    gen = GenerateConfig(max_new_tokens=12)
+    batched = generate_answers(model, fmt, questions, gen, batch_size=3, device="cpu")
+    single = [generate_answers(model, fmt, [q], gen, 1, "cpu")[0] for q in questions]
     assert batched == single
     assert len(set(batched)) == 3 and all(len(a) > 5 for a in batched)
 
@@ -46,8 +47,9 @@ def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):
                 p.normal_(0, 0.5)
     test_rows = rows[:4]
     examples = [fmt.encode(r) for r in test_rows]
-    report = compare_base_and_adapter(peft_model, fmt, test_rows, examples, EvalConfig(max_new_tokens=8, batch_size=2),
-                                      fmt.tok.pad_token_id, "cpu", tmp_path)
+    cfg = parse_config({"generate": {"max_new_tokens": 8}, "eval": {"batch_size": 2}})
+    report = compare_models(candidates(peft_model, "lora", None), fmt, test_rows, examples, cfg,
+                            fmt.tok.pad_token_id, "cpu", tmp_path)
     base, adapter = report["models"]["base"], report["models"]["adapter"]
     assert base["eval_loss"] != adapter["eval_loss"]
     for m in (base, adapter):

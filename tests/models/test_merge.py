@@ -86,16 +86,17 @@ def test_parity_gate_refuses_an_adapter_with_a_nan(trained, tmp_path):
 
 
 def test_parity_thresholds_are_enforced(trained, tmp_path):
-    from codelora.models.merge import ParityThresholds, compare_logits, parity_verdict
+    from codelora.config import MergeConfig
+    from codelora.models.merge import compare_logits, parity_verdict
 
     a = [torch.zeros(3, 5)]
     b = [torch.zeros(3, 5) + torch.tensor([0.0, 0.0, 0.0, 0.0, 0.01])]
     stats = compare_logits(a, b)
     assert stats["max_abs_diff"] == pytest.approx(0.01) and stats["max_kl"] > 0
-    assert parity_verdict(stats, ParityThresholds(max_abs_diff=0.1, max_kl=1.0)) is None
-    assert "--max-abs-diff" in parity_verdict(stats, ParityThresholds(max_abs_diff=0.001, max_kl=1.0))
-    assert "--max-kl" in parity_verdict(stats, ParityThresholds(max_abs_diff=0.1, max_kl=1e-9))
-    assert "NaN" in parity_verdict(compare_logits(a, [torch.full((3, 5), float("inf"))]), ParityThresholds())
+    assert parity_verdict(stats, MergeConfig(max_abs_diff=0.1, max_kl=1.0)) is None
+    assert "--max-abs-diff" in parity_verdict(stats, MergeConfig(max_abs_diff=0.001, max_kl=1.0))
+    assert "--max-kl" in parity_verdict(stats, MergeConfig(max_abs_diff=0.1, max_kl=1e-9))
+    assert "NaN" in parity_verdict(compare_logits(a, [torch.full((3, 5), float("inf"))]), MergeConfig())
     r = run_cli("merge", trained, "--out", tmp_path / "m", "--max-kl", "nan")
     assert r.returncode == 1 and "--max-kl must be a number >= 0" in r.stderr
 

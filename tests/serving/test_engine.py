@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adapters_helpers import save_other_base_model, save_plain_peft
-from codelora.config import ModelConfig
+from codelora.config import GenerateConfig, ModelConfig
 from codelora.serving.engine import AdapterLoadError, ContextLengthError, Engine
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
@@ -60,11 +60,11 @@ def _reference(tiny_model_dir, adapter_dir, ids, n):
 
 def test_switching_adapters_gives_each_adapters_own_output(engine, registry, tiny_model_dir):
     ids = engine.question_ids(QUESTION)
-    base1 = engine.generate(ids, None, 12)
-    a1 = engine.generate(ids, "a", 12)
-    b1 = engine.generate(ids, "b.v2", 12)
-    base2 = engine.generate(ids, None, 12)
-    a2 = engine.generate(ids, "a", 12)
+    base1 = engine.generate(ids, None, GenerateConfig(12))
+    a1 = engine.generate(ids, "a", GenerateConfig(12))
+    b1 = engine.generate(ids, "b.v2", GenerateConfig(12))
+    base2 = engine.generate(ids, None, GenerateConfig(12))
+    a2 = engine.generate(ids, "a", GenerateConfig(12))
     assert base1.token_ids == base2.token_ids == _reference(tiny_model_dir, None, ids, 12)
     assert a1.token_ids == a2.token_ids == _reference(tiny_model_dir, registry / "a", ids, 12)
     assert b1.token_ids == _reference(tiny_model_dir, registry / "b.v2", ids, 12)
@@ -87,22 +87,22 @@ def test_refused_adapters_leave_the_model_untouched(engine, name, message):
         engine.adapter(name)
     assert _lora_module_count(engine) == before
     assert name not in engine.adapters and message.split()[0] in engine.failed[name]
-    assert engine.generate(engine.question_ids(QUESTION), "a", 4).completion_tokens >= 1  # still serving
+    assert engine.generate(engine.question_ids(QUESTION), "a", GenerateConfig(4)).completion_tokens >= 1  # still serving
 
 
 def test_context_length_is_checked_before_generating(engine):
     ids = engine.question_ids(QUESTION)
     with pytest.raises(ContextLengthError, match=f"lower max_new_tokens to {512 - len(ids)}"):
-        engine.generate(ids, None, 512)
+        engine.generate(ids, None, GenerateConfig(512))
     with pytest.raises(ContextLengthError, match="shorten the prompt"):
-        engine.generate(list(range(5)) * 110, None, 10)
+        engine.generate(list(range(5)) * 110, None, GenerateConfig(10))
 
 
 def test_without_a_registry_adapters_are_unknown(tiny_model_dir):
     engine = Engine(ModelConfig(name=str(tiny_model_dir)), None, "cpu")
     with pytest.raises(UnknownAdapterError, match="without --adapters"):
-        engine.generate(engine.question_ids(QUESTION), "a", 4)
-    assert engine.generate(engine.question_ids(QUESTION), None, 3).completion_tokens <= 3
+        engine.generate(engine.question_ids(QUESTION), "a", GenerateConfig(4))
+    assert engine.generate(engine.question_ids(QUESTION), None, GenerateConfig(3)).completion_tokens <= 3
 
 
 def test_ask_refuses_an_adapter_of_another_base(registry, tiny_model_dir):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from codelora.config import EvalConfig
+from codelora.config import EvalConfig, GenerateConfig, RunConfig
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
 from codelora.models.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
@@ -38,14 +38,9 @@ METRICS = [  # key, label, higher is better
     ("exact_match", "exact match (code)", True),
     ("syntax_valid", "syntax valid (ast.parse of the code)", True),
 ]
-CLASS_METRICS = [
-    ("eval_loss", "eval loss (cross-entropy)", False),
-    ("accuracy", "accuracy", True),
-    ("macro_precision", "precision (macro)", True),
-    ("macro_recall", "recall (macro)", True),
-    ("macro_f1", "F1 (macro)", True),
-    ("weighted_f1", "F1 (weighted by support)", True),
-]
+CLASS_METRICS = [("eval_loss", "eval loss (cross-entropy)", False), ("accuracy", "accuracy", True),
+                 ("macro_precision", "precision (macro)", True), ("macro_recall", "recall (macro)", True),
+                 ("macro_f1", "F1 (macro)", True), ("weighted_f1", "F1 (weighted by support)", True)]
 METHOD_LABELS = {"lora": "adapter", "full": "full fine-tune", "none": "base"}
 
 
@@ -73,14 +68,15 @@ def evaluate_classifier(model, fmt: ClassFormat, test_examples, ec: EvalConfig, 
     return {"eval_loss": loss, **metrics, "seconds": round(time.perf_counter() - t0, 1)}, [fmt.labels[p] for p in preds]
 
 
-def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str) -> tuple[dict, list[str]]:
+def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, gen: GenerateConfig, pad_id: int,
+                   device: str) -> tuple[dict, list[str]]:
     """(metrics, outputs): generated answers, or predicted labels for a classifier."""
     if isinstance(fmt, ClassFormat):
         return evaluate_classifier(model, fmt, test_examples, ec, pad_id, device)
     t0 = time.perf_counter()
     loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
     rows = test_rows[: ec.limit] if ec.limit else test_rows
-    answers = generate_answers(model, fmt, [user_message(r) for r in rows], ec.max_new_tokens, ec.batch_size, device)
+    answers = generate_answers(model, fmt, [user_message(r) for r in rows], gen, ec.batch_size, device)
     refs = [r["output"] for r in rows]
     return {
         "eval_loss": loss,
@@ -103,21 +99,17 @@ def candidates(model, method: str, fresh_base):
     return [("base", fresh_base(), contextlib.nullcontext()), ("adapter", model, contextlib.nullcontext())]
 
 
-def compare_base_and_adapter(peft_model, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
-                             out_dir: Path) -> dict:
-    return compare_models(candidates(peft_model, "lora", None), fmt, test_rows, test_examples, ec, pad_id, device,
-                          out_dir)
-
-
-def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pad_id: int, device: str,
-                   out_dir: Path, method: str = "lora") -> dict:
+def compare_models(candidates, fmt, test_rows, test_examples, cfg: RunConfig, pad_id: int, device: str,
+                   out_dir: Path) -> dict:
     """Evaluate each (name, model, context) in turn; write eval_report.{json,md,png} and the samples."""
+    method = cfg.train.method
     results, answers = {}, {}
     for name, model, ctx in candidates:
         shown = METHOD_LABELS.get(method, method) if name == "adapter" else name
         print(f"codelora: evaluating {shown} on {len(test_rows)} test rows ...", file=sys.stderr, flush=True)
         with ctx:
-            results[name], answers[name] = evaluate_model(model, fmt, test_rows, test_examples, ec, pad_id, device)
+            results[name], answers[name] = evaluate_model(model, fmt, test_rows, test_examples, cfg.eval, cfg.generate,
+                                                          pad_id, device)
     classifier = isinstance(fmt, ClassFormat)
     n_gen = len(answers["base"])
     report = {
@@ -126,8 +118,8 @@ def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pa
         "task": "classification" if classifier else ("seq2seq" if isinstance(fmt, Seq2SeqFormat) else "causal-lm"),
         "rows_for_loss": len(test_examples),
         "rows_generated": 0 if classifier else n_gen,
-        "max_new_tokens": ec.max_new_tokens,
-        "decoding": "greedy",
+        "max_new_tokens": cfg.generate.max_new_tokens,
+        "decoding": describe_decoding(cfg.generate),
         "models": results,
     }
     write_json_atomic(out_dir / "eval_report.json", report)
@@ -141,6 +133,10 @@ def compare_models(candidates, fmt, test_rows, test_examples, ec: EvalConfig, pa
                     **{k: answers[k][i] for k in answers}} for i, r in enumerate(test_rows[:n_gen])]
     write_text_atomic(out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     return report
+
+
+def describe_decoding(gen: GenerateConfig) -> str:
+    return "greedy" if gen.temperature == 0 else f"sampled (temperature {gen.temperature:g}, top_p {gen.top_p:g})"
 
 
 def plot_comparison(report: dict, path: Path) -> None:
@@ -172,8 +168,7 @@ def plot_comparison(report: dict, path: Path) -> None:
 
 
 def tuned_label(report: dict) -> str:
-    method = report.get("method", "lora")
-    return METHOD_LABELS.get(method, method)
+    return METHOD_LABELS.get(report["method"], report["method"])
 
 
 def render_markdown(report: dict) -> str:

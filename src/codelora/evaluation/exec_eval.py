@@ -4,6 +4,7 @@ model and one or more adapters, side by side (markdown, JSON, bar chart)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from codelora.console import say
-from codelora.config import ModelConfig
+from codelora.config import EvalConfig, GenerateConfig, ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
@@ -26,12 +27,11 @@ EXECUTION_FLAG_MESSAGE = (
 )
 
 
-
 def _ks(samples: int) -> tuple[int, ...]:
     return tuple(k for k in (1, 5, 10, 100) if k <= samples)
 
 
-def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Limits = Limits()) -> dict:
+def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Limits) -> dict:
     completions = load_completions(path, tasks)
     scored = [t for t in tasks if t.task_id in completions]
     n = min(len(v) for v in completions.values())
@@ -43,31 +43,27 @@ def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Li
     return report
 
 
-def _generate(model, fmt, tasks: list[Task], samples: int, temperature: float, max_new_tokens: int,
-              batch_size: int, device: str, seed: int) -> dict[str, list[str]]:
+def _generate(model, fmt, tasks: list[Task], ec: EvalConfig, gen: GenerateConfig, device: str,
+              seed: int) -> dict[str, list[str]]:
+    """`ec.samples` answers per task: one greedy answer, or seeded samples at ec.sample_temperature."""
     questions = [t.instruction for t in tasks]
-    if samples == 1:
-        answers = generate_answers(model, fmt, questions, max_new_tokens, batch_size, device)
+    if ec.samples == 1:
+        answers = generate_answers(model, fmt, questions, gen, ec.batch_size, device)
         return {t.task_id: [a] for t, a in zip(tasks, answers)}
+    sampled = dataclasses.replace(gen, temperature=ec.sample_temperature)
     out: dict[str, list[str]] = {t.task_id: [] for t in tasks}
-    for i in range(samples):
+    for i in range(ec.samples):
         torch.manual_seed(seed + i)
-        answers = generate_answers(model, fmt, questions, max_new_tokens, batch_size, device,
-                                   temperature=temperature)
+        answers = generate_answers(model, fmt, questions, sampled, ec.batch_size, device)
         for t, a in zip(tasks, answers):
             out[t.task_id].append(a)
     return out
 
 
-def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, samples: int = 1,
-                    temperature: float = 0.8, max_new_tokens: int = 384, batch_size: int = 8, device: str = "auto",
-                    seed: int = 0, limits: Limits = Limits(), adapter_names: list[str] | None = None) -> dict:
+def _with_adapters(base, adapters: list[str], adapter_names: list[str] | None):
+    """The base with every adapter attached (a PeftModel when there is one), and their unique names."""
     from codelora.models.lora import load_adapter
-    from codelora.models.sources import load_base, pick_device
 
-    dev = pick_device(device)
-    base, tokenizer, _ = load_base(model_cfg, dev)
-    fmt = PromptFormat(tokenizer)
     model, names = base, []
     for i, adapter in enumerate(adapters):
         name = (adapter_names[i] if adapter_names else Path(adapter).name) or f"adapter{i}"
@@ -75,22 +71,36 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
             name = f"{name}-{i}"
         model = load_adapter(model, adapter, adapter_name=name)
         names.append(name)
+    return model, names
+
+
+def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, ec: EvalConfig,
+                    gen: GenerateConfig, device: str, seed: int = 0, adapter_names: list[str] | None = None) -> dict:
+    """pass@k of the base model and each adapter on `tasks`; writes the reports into `out`."""
+    from codelora.models.sources import load_base, pick_device
+
+    dev = pick_device(device)
+    base, tokenizer, _ = load_base(model_cfg, dev)
+    fmt = PromptFormat(tokenizer)
+    model, names = _with_adapters(base, adapters, adapter_names)
+    limits = Limits(timeout_s=ec.timeout)
     entries, all_results, answers = {}, {}, {}
     t0 = time.perf_counter()
     for name in ["base", *names]:
         ctx = model.disable_adapter() if name == "base" and names else contextlib.nullcontext()
         if name != "base":
             model.set_adapter(name)
-        say(f"{name}: generating {samples} answer(s) for {len(tasks)} tasks ...")
+        say(f"{name}: generating {ec.samples} answer(s) for {len(tasks)} tasks ...")
         with ctx:
-            answers[name] = _generate(model, fmt, tasks, samples, temperature, max_new_tokens, batch_size, dev, seed)
+            answers[name] = _generate(model, fmt, tasks, ec, gen, dev, seed)
         say(f"{name}: running {sum(len(v) for v in answers[name].values())} samples in the sandbox ...")
         results = execute(tasks, answers[name], limits, from_chat=True)
-        entries[name] = (summarize(results, _ks(samples)), results)
+        entries[name] = (summarize(results, _ks(ec.samples)), results)
         all_results[name] = results
     report = _report(entries, tasks, limits, time.perf_counter() - t0)
-    report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)), "samples_per_task": samples,
-                   "temperature": temperature if samples > 1 else 0.0, "max_new_tokens": max_new_tokens})
+    report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)), "samples_per_task": ec.samples,
+                   "temperature": ec.sample_temperature if ec.samples > 1 else 0.0,
+                   "max_new_tokens": gen.max_new_tokens})
     _write(report, all_results, out, answers)
     return report
 

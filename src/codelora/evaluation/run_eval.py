@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from codelora.config import RunConfig, load_config_file, parse_config
+from codelora.config import RunConfig, load_config_file, parse_config, set_dotted
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
@@ -28,18 +28,19 @@ def evaluate_trained(trained, cfg: RunConfig) -> dict:
     d = trained.data
     labels = getattr(trained.fmt, "labels", None)
     return compare_models(candidates(trained.model, trained.method, lambda: seeded_base(cfg, trained.device, labels)[0]),
-                          trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg.eval,
-                          trained.tokenizer.pad_token_id, trained.device, trained.run_dir, trained.method)
+                          trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg,
+                          trained.tokenizer.pad_token_id, trained.device, trained.run_dir)
 
 
-def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None) -> dict:
+    """Evaluate a finished run again; `overrides` are dotted config fields (e.g. {"eval.limit": 5})."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CodeloraError(f"{run_dir} is not a codelora run directory (config.yaml is missing)")
-    cfg = parse_config(load_config_file(run_dir / "config.yaml"))
-    overrides = {k: v for k, v in (("limit", limit), ("max_new_tokens", max_new_tokens)) if v is not None}
-    cfg.eval = dataclasses.replace(cfg.eval, **overrides)
-    cfg.validate()
+    data = load_config_file(run_dir / "config.yaml")
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    cfg = parse_config(data)
     device = pick_device(cfg.train.device)
     method, task = cfg.train.method, cfg.model.task
     loaded = load_task_data(cfg.data, task)
@@ -60,4 +61,4 @@ def evaluate_run(run_dir: str | Path, limit: int | None = None, max_new_tokens: 
     else:  # the run directory holds the whole tuned model
         model = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, labels=labels)[0]
     return compare_models(candidates(model, method, lambda: base), fmt, data.rows_of("test"), data.examples_of("test"),
-                          cfg.eval, tokenizer.pad_token_id, device, run_dir, method)
+                          cfg, tokenizer.pad_token_id, device, run_dir)

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codelora.config import EvalConfig
+
 PYTHON = "/usr/bin/python3"  # readable by an unprivileged uid (venvs under /root are not)
 UID_BASE = 61000  # slot k runs as uid UID_BASE + k: RLIMIT_NPROC counts per uid
 MARKER = "__codelora_passed__"
@@ -38,12 +40,16 @@ MARKER = "__codelora_passed__"
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 10.0  # wall clock
-    cpu_s: int = 10
+    timeout_s: float = EvalConfig.timeout  # wall clock (eval.timeout)
+    cpu_s: int = 0  # CPU seconds; 0: the wall-clock timeout, rounded down, at least 1
     memory_mb: int = 1024  # RLIMIT_AS
     processes: int = 32  # RLIMIT_NPROC (per uid; enforced only when started as root)
     file_mb: int = 8  # RLIMIT_FSIZE: any file, stdout and stderr included
     output_chars: int = 4000  # kept of stdout/stderr for the report
+
+    def __post_init__(self) -> None:
+        if not self.cpu_s:  # frozen: set through object.__setattr__, as dataclasses do
+            object.__setattr__(self, "cpu_s", max(1, int(self.timeout_s)))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Batched greedy decoding with the KV cache, stopping at the end-of-turn token.
+"""Batched decoding with the KV cache, stopping at the end-of-turn token: used by evaluation,
+`ask` and the server alike, with the settings of `GenerateConfig`.
 
 Prompts are sorted by length and left-padded, so one batch holds prompts of similar length;
 answers come back in the order of the questions.
@@ -7,6 +8,8 @@ answers come back in the order of the questions.
 from __future__ import annotations
 
 import torch
+
+from codelora.config import GenerateConfig
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
@@ -19,13 +22,15 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torc
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def decoding_kwargs(fmt, temperature: float = 0.0, top_p: float = 0.95) -> dict:
+def decoding_kwargs(fmt, gen: GenerateConfig) -> dict:
     """model.generate settings: greedy at temperature 0 (deterministic answers for evaluation),
     else sampled; stop at the end of the assistant's turn."""
+    sampled = gen.temperature > 0
     return {
-        "do_sample": temperature > 0,
-        "temperature": temperature if temperature > 0 else None,
-        "top_p": top_p if temperature > 0 else None,
+        "max_new_tokens": gen.max_new_tokens,
+        "do_sample": sampled,
+        "temperature": gen.temperature if sampled else None,
+        "top_p": gen.top_p if sampled else None,
         "top_k": None,
         "eos_token_id": fmt.stop_ids,
         "pad_token_id": fmt.tok.pad_token_id,
@@ -33,8 +38,8 @@ def decoding_kwargs(fmt, temperature: float = 0.0, top_p: float = 0.95) -> dict:
 
 
 @torch.inference_mode()
-def generate_answers(model, fmt, questions: list[str], max_new_tokens: int, batch_size: int,
-                     device: str, streamer=None, temperature: float = 0.0, top_p: float = 0.95) -> list[str]:
+def generate_answers(model, fmt, questions: list[str], gen: GenerateConfig, batch_size: int, device: str,
+                     streamer=None) -> list[str]:
     """Greedy answers (temperature 0), or sampled ones (seed torch first for repeatability)."""
     tok = fmt.tok
     prompts = [fmt.prompt_ids(q) for q in questions]
@@ -44,12 +49,7 @@ def generate_answers(model, fmt, questions: list[str], max_new_tokens: int, batc
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = _left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            streamer=streamer,
-            **decoding_kwargs(fmt, temperature, top_p),
-        )
+        out = model.generate(**enc, streamer=streamer, **decoding_kwargs(fmt, gen))
         # a decoder returns prompt + answer; an encoder-decoder only the decoder's tokens
         new = out if getattr(model.config, "is_encoder_decoder", False) else out[:, enc["input_ids"].shape[1]:]
         for row, i in zip(new, idx):

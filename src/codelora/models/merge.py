@@ -9,9 +9,9 @@ or Inf. The merged model is written (staged, then renamed) as safetensors with t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from codelora.config import MergeConfig
 from codelora.errors import CodeloraError, ModelError
 
 # Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
@@ -24,12 +24,6 @@ PROBES = [
      "```python\nimport pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.head())\n```"),
     ("Explain what a list comprehension is.", "A list comprehension builds a list from an iterable: [x * x for x in range(5)]."),
 ]
-
-
-@dataclass
-class ParityThresholds:
-    max_abs_diff: float = 1e-3  # largest |merged - adapter| logit; fp32 merges differ by ~1e-5
-    max_kl: float = 1e-5  # largest per-position KL(adapter || merged) of the next-token distribution
 
 
 class ParityError(CodeloraError):
@@ -68,7 +62,7 @@ def compare_logits(reference, candidate) -> dict:
             "positions": int(kl.numel())}
 
 
-def parity_verdict(stats: dict, t: ParityThresholds) -> str | None:
+def parity_verdict(stats: dict, t: MergeConfig) -> str | None:
     """None when the merge is faithful, else why not."""
     if not stats["finite"]:
         return "the adapter or merged model produces NaN/Inf logits"
@@ -79,8 +73,7 @@ def parity_verdict(stats: dict, t: ParityThresholds) -> str | None:
     return None
 
 
-def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = ParityThresholds(),
-          overwrite: bool = False, device: str = "cpu") -> dict:
+def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, overwrite: bool = False) -> dict:
     """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
     from codelora.console import say
     from codelora.data.prompts import PromptFormat
@@ -95,7 +88,8 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
         raise CodeloraError(f"{out} exists; pass --overwrite to replace it")
     if out.resolve() == run_dir.resolve():
         raise CodeloraError("--out must differ from the adapter directory")
-    dev = pick_device(device)
+    mc = mc or MergeConfig()
+    dev = pick_device(mc.device)
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"  # merge into full-precision weights
     base, tokenizer, source = load_base(model_cfg, dev)
@@ -114,11 +108,11 @@ def merge(run_dir: str | Path, out: str | Path, thresholds: ParityThresholds = P
     effect = compare_logits(base_logits, adapter_logits)
     _, merged_params = count_parameters(merged)
     report = {
-        "adapter": str(run_dir), "base_model": source.to_dict(), "thresholds": asdict(thresholds),
+        "adapter": str(run_dir), "base_model": source.to_dict(), "thresholds": {"max_abs_diff": mc.max_abs_diff, "max_kl": mc.max_kl},
         "parity": stats, "adapter_vs_base": {"max_abs_diff": effect["max_abs_diff"], "mean_kl": effect["mean_kl"]},
         "parameters": {"base": base_params, "merged": merged_params},
     }
-    verdict = parity_verdict(stats, thresholds)
+    verdict = parity_verdict(stats, mc)
     if verdict is None and merged_params != base_params:
         verdict = f"the merged model has {merged_params:,} parameters, the base {base_params:,}"
     if verdict:

@@ -31,11 +31,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from codelora.config import GenerateConfig, ServeConfig
 from codelora.serving.engine import AdapterLoadError, ContextLengthError, Engine
 from codelora.serving.registry import AdapterNameError, UnknownAdapterError
-from codelora.serving.settings import ServerSettings
 
 log = logging.getLogger("codelora.serve")
+DEFAULTS = GenerateConfig()  # request fields left out take the configured decoding defaults
 # reachable without the API key: the page and its assets, liveness, the API's own documentation
 PUBLIC_PATHS = {"/", "/health", "/ui/highlight.css", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
@@ -53,9 +54,9 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str = Field(min_length=1, description="the question; the model's chat template is applied")
     adapter: str | None = Field(None, description="an adapter name from /v1/adapters; omitted: the base model")
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0: greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_new_tokens: int = Field(DEFAULTS.max_new_tokens, ge=1)
+    temperature: float = Field(DEFAULTS.temperature, ge=0.0, allow_inf_nan=False, description="0: greedy")
+    top_p: float = Field(DEFAULTS.top_p, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = None
     min_new_tokens: int = Field(0, ge=0, description="generate at least this many tokens (fixed-length benchmarks)")
 
@@ -73,8 +74,8 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    temperature: float = Field(DEFAULTS.temperature, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(DEFAULTS.top_p, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: Literal[False] = Field(False, description="streaming is not supported")
@@ -148,7 +149,7 @@ async def _send_error(send, status: int, message: str):
 
 
 # -- the app --------------------------------------------------------------------------------------
-def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
+def create_app(engine: Engine, settings: ServeConfig) -> FastAPI:
     app = FastAPI(title="codelora", summary="LoRA adapters for Python code questions", docs_url="/docs",
                   redoc_url=None)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codelora-generate")
@@ -197,7 +198,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
 
     def call_engine(ids, adapter, max_new_tokens, temperature, top_p, seed, min_new_tokens=None):
         try:
-            return engine.generate(ids, adapter, max_new_tokens, temperature, top_p, seed, min_new_tokens)
+            return engine.generate(ids, adapter, GenerateConfig(max_new_tokens, temperature, top_p), seed,
+                                   min_new_tokens)
         except AdapterNameError as e:
             raise ApiError(400, str(e)) from None
         except UnknownAdapterError as e:
@@ -263,7 +265,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         body = await parse(request, ChatRequest)
         if body.messages[-1].role != "user":
             raise ApiError(422, "messages: the last message must be the user's")
-        max_new = body.max_completion_tokens or body.max_tokens or 256
+        max_new = body.max_completion_tokens or body.max_tokens or DEFAULTS.max_new_tokens
         check_max_new_tokens(max_new, "max_tokens")
         adapter = None if body.model in (engine.base_name, "base") else body.model
         messages = [m.model_dump() for m in body.messages]

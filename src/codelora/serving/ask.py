@@ -5,22 +5,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, ModelConfig
-from codelora.models.adapters import base_model_of, check_same_base
+from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
+from codelora.models.adapters import base_model_of, check_same_base
 from codelora.models.generate import generate_answers
 from codelora.models.lora import is_adapter_dir, load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
-def ask(question: str, adapter: str | None = None, model: str | None = None, max_new_tokens: int = 256,
+def ask(question: str, adapter: str | None = None, model: str | None = None, gen: GenerateConfig | None = None,
         device: str = "auto", stream: bool = True) -> str:
-    """Answer `question` greedily; with `stream`, print tokens to stdout as they come."""
+    """Answer `question` (greedy by default); with `stream`, print tokens to stdout as they come."""
     if not question.strip():
         raise CodeloraError("the question is empty")
-    if max_new_tokens < 1:
-        raise CodeloraError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    gen = gen or GenerateConfig()
+    gen.validate()
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise CodeloraError(f"adapter directory not found: {adapter_dir}")
@@ -45,7 +45,7 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, max
         from transformers import TextStreamer
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    (answer,) = generate_answers(net, fmt, [question], max_new_tokens, 1, dev, streamer=streamer)
+    (answer,) = generate_answers(net, fmt, [question], gen, 1, dev, streamer=streamer)
     if stream:
         sys.stdout.flush()
     return answer

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codelora.config import ModelConfig
+from codelora.config import GenerateConfig, ModelConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError, ModelError
 from codelora.models.generate import decoding_kwargs
@@ -136,21 +136,20 @@ class Engine:
                 f"prompt is {prompt_tokens} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
                 f"context of {self.context_length} tokens: {hint}")
 
-    def generate(self, ids: list[int], adapter: str | None = None, max_new_tokens: int = 256,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 min_new_tokens: int | None = None) -> Generation:
+    def generate(self, ids: list[int], adapter: str | None = None, gen: GenerateConfig | None = None,
+                 seed: int | None = None, min_new_tokens: int | None = None) -> Generation:
         """Answer one prompt: greedy at temperature 0, else sampled (seeded when `seed` is given)."""
         import torch
 
-        self.check_fits(len(ids), max_new_tokens)
+        gen = gen or GenerateConfig()
+        self.check_fits(len(ids), gen.max_new_tokens)
         with self.activated(adapter) as model, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
             t0 = time.perf_counter()
             input_ids = torch.tensor([ids], device=self.device)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                 **decoding_kwargs(self.fmt, temperature, top_p))
+                                 min_new_tokens=min_new_tokens, **decoding_kwargs(self.fmt, gen))
             seconds = time.perf_counter() - t0
         new = out[0, len(ids):].tolist()
         stopped = bool(new) and new[-1] in self.fmt.stop_ids

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
 import sys
 
-from codelora.config import EMBEDDED_MODEL, ModelConfig
+from codelora.config import API_KEY_ENV, EMBEDDED_MODEL, ModelConfig, ServeConfig
 from codelora.errors import CodeloraError
-from codelora.serving.settings import API_KEY_ENV, ServerSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -21,17 +21,11 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def check_settings(host: str, port: int, settings: ServerSettings) -> None:
-    if not 1 <= port <= 65535:
-        raise CodeloraError(f"--port must be 1-65535, got {port}")
-    if settings.api_key is not None and len(settings.api_key) < 8:
-        raise CodeloraError(f"the API key is too short ({len(settings.api_key)} characters); use at least 8")
-    if not is_loopback(host) and not settings.api_key:
-        raise CodeloraError(f"--host {host} makes the API reachable from other machines: set an API key with "
-                            f"{API_KEY_ENV}=... (or --api-key), or bind 127.0.0.1")
-    for name in ("max_queue", "max_new_tokens_limit", "max_body_bytes"):
-        if getattr(settings, name) < 1:
-            raise CodeloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+def check_settings(settings: ServeConfig) -> None:
+    settings.validate()
+    if not is_loopback(settings.host) and not settings.api_key:
+        raise CodeloraError(f"--host {settings.host} makes the API reachable from other machines: set an API key "
+                            f"with {API_KEY_ENV}=... (or --api-key), or bind 127.0.0.1")
 
 
 def pick_base(model: str | None, registry) -> ModelConfig:
@@ -47,25 +41,24 @@ def pick_base(model: str | None, registry) -> ModelConfig:
     return ModelConfig(name=EMBEDDED_MODEL)
 
 
-def serve(adapters: str | None, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
-          device: str = "auto", settings: ServerSettings | None = None, preload: bool = True) -> None:
+def serve(adapters: str | None, settings: ServeConfig, model: str | None = None) -> None:
+    """Serve the base model (`model`, else the adapters' base) and the adapter folders in `adapters`."""
     import uvicorn
 
     from codelora.serving.api import create_app
     from codelora.serving.engine import Engine
     from codelora.serving.registry import AdapterRegistry
 
-    settings = settings or ServerSettings()
     if settings.api_key is None:
-        settings.api_key = os.environ.get(API_KEY_ENV) or None
-    check_settings(host, port, settings)
+        settings = dataclasses.replace(settings, api_key=os.environ.get(API_KEY_ENV) or None)
+    check_settings(settings)
     registry = AdapterRegistry(adapters) if adapters else None
     logging.basicConfig(level=logging.INFO, format="codelora: %(message)s", stream=sys.stderr)
     log = logging.getLogger("codelora.serve")
-    engine = Engine(pick_base(model, registry), registry, device)
+    engine = Engine(pick_base(model, registry), registry, settings.device)
     log.info("base model %s (%s) on %s", engine.base_name, engine.source.kind, engine.device)
     if registry:
-        for problem in engine.preload() if preload else []:
+        for problem in engine.preload() if not settings.lazy else []:
             log.warning("not serving: %s", problem)
         log.info("adapters in %s: %s", registry.root, ", ".join(sorted(engine.adapters)) or "none loaded")
         usable = set(registry.names())
@@ -75,6 +68,7 @@ def serve(adapters: str | None, host: str = "127.0.0.1", port: int = 8000, model
                         ", ".join(sorted(skipped)))
     log.info("prompts are %s", "logged (--log-prompts)" if settings.log_prompts else "not logged")
     app = create_app(engine, settings)
+    host = settings.host
     shown = f"[{host}]" if ":" in host else host
-    log.info("web page and API on http://%s:%s/ (API docs at /docs)", shown, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    log.info("web page and API on http://%s:%s/ (API docs at /docs)", shown, settings.port)
+    uvicorn.run(app, host=host, port=settings.port, log_level="info", access_log=True)

@@ -1,0 +1,93 @@
+"""`codelora run` and `codelora train` as one library function: train into a staged run directory,
+then (for `run`) evaluate base vs tuned model on the test split, and pass@1 when `eval.tasks` asks.
+
+    from codelora.config import load_config_file, parse_config
+    from codelora.experiments.run import RunOptions, run
+    result = run(parse_config(load_config_file("configs/demo.yaml")), RunOptions())
+
+The run directory appears only when everything succeeded. An interruption (TrainingStopped:
+SIGTERM or Ctrl-C) leaves `OUT.partial/` with a checkpoint for `resume`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from codelora.config import RunConfig
+from codelora.console import say
+from codelora.errors import CodeloraError, TrainingStopped
+from codelora.io.rundir import partial_dir, staged_run_dir
+
+
+@dataclass
+class RunOptions:
+    """How to run, beside what (the RunConfig)."""
+
+    evaluate: bool = True  # `run`: train, then evaluate; `train`: train only
+    overwrite: bool = False  # replace an existing run directory
+    resume: bool = False  # continue an interrupted run from its newest verified checkpoint
+    allow_partial_resume: bool = False  # accept a checkpoint without optimizer or RNG state
+    allow_code_execution: bool = False  # for eval.tasks (also eval.allow_code_execution)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None  # None when nothing was run (already complete, or a non-zero torchrun rank)
+    report: dict | None = None  # eval_report.json
+    exec_report: dict | None = None  # exec_report.json (eval.tasks)
+
+
+def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
+    """Train (and evaluate) `cfg` into cfg.out. Raises TrainingStopped when interrupted gracefully."""
+    from codelora.training.train import train
+
+    if opts.allow_partial_resume and not opts.resume:
+        raise CodeloraError("--allow-partial-resume goes with --resume")
+    partial = partial_dir(cfg.out)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate: rank 0 owns the run directory
+        try:
+            train(cfg, partial, resume=opts.resume, allow_partial_resume=opts.allow_partial_resume)
+        except TrainingStopped:
+            pass
+        return RunResult(None)
+    if opts.resume and (Path(cfg.out) / "manifest.json").is_file() and not partial.exists():
+        say(f"{cfg.out} is already complete; nothing to resume")
+        return RunResult(None)
+    tasks = _execution_tasks(cfg, opts) if opts.evaluate else None  # fail before training, not after
+    try:
+        with staged_run_dir(cfg.out, overwrite=opts.overwrite, resume=opts.resume) as run_dir:
+            trained = train(cfg, run_dir, resume=opts.resume, allow_partial_resume=opts.allow_partial_resume)
+            result = RunResult(Path(cfg.out))
+            if opts.evaluate:
+                result.report, result.exec_report = _evaluate(trained, cfg, tasks)
+    except TrainingStopped:
+        raise
+    except (Exception, KeyboardInterrupt) as e:
+        if partial.is_dir():  # staged_run_dir keeps it only when it holds a checkpoint
+            e.add_note(f"checkpoints kept in {partial}")
+        raise
+    return result
+
+
+def _execution_tasks(cfg: RunConfig, opts: RunOptions):
+    if not cfg.eval.tasks:
+        return None
+    from codelora.evaluation.exec_eval import load_suite, require_execution_flag
+
+    require_execution_flag(cfg.eval.allow_code_execution or opts.allow_code_execution)
+    return load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
+
+
+def _evaluate(trained, cfg: RunConfig, tasks) -> tuple[dict, dict | None]:
+    from codelora.evaluation.run_eval import evaluate_trained
+
+    report = evaluate_trained(trained, cfg)
+    if not tasks:
+        return report, None
+    from codelora.evaluation.exec_eval import evaluate_models
+
+    exec_report = evaluate_models(tasks, cfg.model, [str(trained.run_dir)], trained.run_dir, cfg.eval, cfg.generate,
+                                  cfg.train.device, adapter_names=["adapter"])
+    return report, exec_report
