@@ -82,3 +82,34 @@ def test_real_head_of_the_dataset(shared_head):
     loaded = _load(shared_head)
     assert len(loaded.rows) == 356 and not loaded.drops
     assert loaded.rows[0]["instruction"] == "Help me set up my daily to-do list!"
+
+
+def test_a_line_nested_too_deep_is_one_dropped_line(tmp_path, rows):
+    path = write_jsonl(tmp_path / "deep.jsonl", rows[:3])
+    with open(path, "a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads raises RecursionError on this
+    src = _load(path, max_drop_fraction=0.5)
+    assert _strip(src.rows) == _strip(rows[:3])
+    assert src.drops["malformed JSON"] == [4]
+
+
+def test_a_broken_parquet_or_csv_file_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"cannot read .*bad.parquet as Parquet"):
+        _load(bad)
+    huge = tmp_path / "huge.csv"  # a field over the csv module's size limit stops its reader
+    huge.write_text("instruction,input,output\n" + "a,b,c\n" * 3 + 'x,"' + "y" * 200_000 + '",z\n')
+    with pytest.raises(DataError, match=r"huge.csv: malformed CSV near line 5 \(field larger than field limit"):
+        _load(huge)
+
+
+def test_a_bug_in_a_reader_is_not_reported_as_an_unreadable_file(tmp_path, rows, monkeypatch):
+    import codelora.data.load as load
+
+    def broken(path):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(load, "_read_jsonl", broken)
+    with pytest.raises(KeyError):
+        _load(write_jsonl(tmp_path / "a.jsonl", rows))

@@ -2,7 +2,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from codelora.data.prompts import IGNORE_INDEX, PromptFormat, user_message
-from codelora.data.split import split_indices
+from codelora.data.split import split_groups
 from codelora.errors import DataError
 
 ROW = {"instruction": "Write add2.", "input": "x is an int", "output": "```python\ndef add2(x):\n    return x + 2\n```"}
@@ -45,19 +45,37 @@ def test_too_long_rows_are_reported_not_kept(tiny_model_dir):
     assert too_long == [1] and len(examples) == 2
 
 
+def _singles(n: int) -> list[list[int]]:
+    return [[i] for i in range(n)]  # n unrelated rows: every row its own group
+
+
 def test_split_is_8_1_1_disjoint_and_seeded():
-    s = split_indices(356, 0.1, 0.1, seed=42)
+    s = split_groups(_singles(356), 0.1, 0.1, seed=42)
     sizes = {k: len(v) for k, v in s.items()}
     assert sizes == {"train": 284, "validation": 36, "test": 36}
     all_ids = s["train"] + s["validation"] + s["test"]
     assert sorted(all_ids) == list(range(356))
-    assert split_indices(356, 0.1, 0.1, seed=42) == s
-    assert split_indices(356, 0.1, 0.1, seed=7)["test"] != s["test"]
+    assert split_groups(_singles(356), 0.1, 0.1, seed=42) == s
+    assert split_groups(_singles(356), 0.1, 0.1, seed=7)["test"] != s["test"]
 
 
 def test_split_needs_three_rows_and_a_training_row():
     with pytest.raises(DataError, match="at least 3"):
-        split_indices(2, 0.1, 0.1, seed=0)
+        split_groups(_singles(2), 0.1, 0.1, seed=0)
     with pytest.raises(DataError, match="leave no training rows"):
-        split_indices(4, 0.45, 0.45, seed=0)
-    assert len(split_indices(3, 0.1, 0.1, seed=0)["train"]) == 1
+        split_groups(_singles(4), 0.45, 0.45, seed=0)
+    assert len(split_groups(_singles(3), 0.1, 0.1, seed=0)["train"]) == 1
+
+
+def test_a_tokenizer_without_an_end_token_names_the_model():
+    from codelora.data.prompts import PromptFormat, Seq2SeqFormat
+    from codelora.errors import ModelError
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = None
+    tok.eos_token = None
+    tok.name_or_path = "acme/no-eos-7b"
+    for fmt in (PromptFormat, Seq2SeqFormat):
+        with pytest.raises(ModelError, match=r"tokenizer of 'acme/no-eos-7b' has no .*eos"):
+            fmt(tok)

@@ -76,9 +76,9 @@ def test_planted_duplicates_stay_in_one_split(tmp_path):
     # and the same split without grouping would leak: the planted pairs are real duplicates,
     # which both the brute-force check and the code's own audit see
     from codelora.data.dedup import cross_split_audit
-    from codelora.data.split import split_indices
+    from codelora.data.split import split_groups
 
-    naive = split_indices(len(cur.rows), 0.1, 0.1, seed=3)
+    naive = split_groups([[i] for i in range(len(cur.rows))], 0.1, 0.1, seed=3)  # every row its own group
     audit = cross_split_audit(cur.rows, naive, 0.9)
     cur.splits = naive
     assert cross_split_problems(cur) and audit["near duplicate"] > 0 and audit["exact output"] > 0

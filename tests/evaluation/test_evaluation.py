@@ -8,7 +8,7 @@ from codelora.config import GenerateConfig, LoraSettings, parse_config
 from codelora.data.prompts import PromptFormat
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.generate import generate_answers
-from codelora.evaluation.metrics import corpus_bleu, mean_rouge_l
+from codelora.evaluation.metrics import corpus_bleu, rouge_scores
 from codelora.models.lora import apply_lora
 from conftest import build_tiny_model, build_tokenizer
 
@@ -16,9 +16,9 @@ from conftest import build_tiny_model, build_tokenizer
 def test_metrics_separate_right_from_wrong():
     refs = ["def add(a, b):\n    return a + b", "print('hello world')"]
     assert corpus_bleu(refs, refs) == pytest.approx(100.0)
-    assert mean_rouge_l(refs, refs) == pytest.approx(1.0)
+    assert rouge_scores(refs, refs)["rougeL_f1"] == pytest.approx(1.0)
     wrong = ["import os", "while True: pass"]
-    assert corpus_bleu(wrong, refs) < 5 and mean_rouge_l(wrong, refs) < 0.2
+    assert corpus_bleu(wrong, refs) < 5 and rouge_scores(wrong, refs)["rougeL_f1"] < 0.2
 
 
 def _tiny(tiny_model_dir):

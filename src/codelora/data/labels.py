@@ -26,7 +26,6 @@ from codelora.data.validate import Rows, check_drop_fraction, select_records, va
 from codelora.errors import DataError
 
 LABEL_COLUMNS = ("text", "label")
-OTHER = "other"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from codelora.errors import DataError, first_line
 from codelora.hub import force_offline, hub_reachable
+from codelora.io.files import describe_os_error
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
@@ -80,23 +81,13 @@ def _read_local(path: Path) -> RawRecords:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise DataError(f"unsupported data file type {suffix!r} for {path}; use .json, .jsonl, .parquet or .csv")
     try:
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".json":
-            return _read_json(path)
-        if suffix == ".csv":
-            return _read_csv(path)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-            return RawRecords(rows, list(range(1, len(rows) + 1)), str(path), "local")
-    except DataError:
-        raise
-    except Exception as e:  # pyarrow / csv errors: one line naming the file
-        raise DataError(f"cannot read {path}: {first_line(e)}") from None
-    raise DataError(f"unsupported data file type {suffix!r} for {path}; use .json, .jsonl, .parquet or .csv")
+        return readers[suffix](path)
+    except OSError as e:  # permissions, a directory, a vanished file: the reader's own errors say more
+        raise DataError(f"cannot read {path}: {describe_os_error(e)}") from None
 
 
 def _read_jsonl(path: Path) -> RawRecords:
@@ -112,7 +103,7 @@ def _read_jsonl(path: Path) -> RawRecords:
                 continue
             try:
                 obj = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep to parse
                 raw.drops.setdefault("malformed JSON", []).append(lineno)
                 continue
             if not isinstance(obj, dict):
@@ -130,6 +121,8 @@ def _read_json(path: Path) -> RawRecords:
         raise DataError(f"{path} is not valid UTF-8 (byte {e.start}); JSON Lines files can drop bad lines instead") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as e:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             return _read_jsonl(path)  # many ".json" datasets are JSON Lines in disguise
@@ -152,13 +145,28 @@ def _read_csv(path: Path) -> RawRecords:
     raw = RawRecords([], [], str(path), "local")
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is dropped, not the file
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        for i, row in enumerate(csv.DictReader(f), 1):
-            if any(isinstance(v, str) and has_surrogates(v) for v in row.values()):
-                raw.drops.setdefault("non-UTF-8 bytes", []).append(i)
-            else:
-                raw.records.append(row)
-                raw.refs.append(i)
+        reader = csv.DictReader(f)
+        try:
+            for i, row in enumerate(reader, 1):
+                if any(isinstance(v, str) and has_surrogates(v) for v in row.values()):
+                    raw.drops.setdefault("non-UTF-8 bytes", []).append(i)
+                else:
+                    raw.records.append(row)
+                    raw.refs.append(i)
+        except csv.Error as e:  # e.g. a NUL byte or a field over the size limit: the reader cannot go on
+            raise DataError(f"{path}: malformed CSV near line {reader.line_num + 1} ({e})") from None
     return raw
+
+
+def _read_parquet(path: Path) -> RawRecords:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except pyarrow.ArrowException as e:
+        raise DataError(f"cannot read {path} as Parquet: {first_line(e)}") from None
+    return RawRecords(rows, list(range(1, len(rows) + 1)), str(path), "local")
 
 
 def has_surrogates(s: str) -> bool:

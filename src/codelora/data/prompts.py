@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codelora.errors import ModelError
+
 IGNORE_INDEX = -100
 PLAIN_TEMPLATE = "### Instruction:\n{question}\n\n### Response:\n"
+
+
+def _model_name(tokenizer) -> str:
+    return repr(getattr(tokenizer, "name_or_path", "") or "this model")
 
 
 def user_message(row: dict) -> str:
@@ -50,7 +56,8 @@ class PromptFormat:
                 if ids:
                     return ids[0]
         if self.tok.eos_token_id is None:
-            raise ValueError("the tokenizer has no chat template end token and no eos token")
+            raise ModelError(f"the tokenizer of {_model_name(self.tok)} has no chat template end-of-turn token and "
+                             f"no eos token, so answers could not end; give it an eos_token or pick another model")
         return self.tok.eos_token_id
 
     @property
@@ -143,7 +150,8 @@ class Seq2SeqFormat:
 
     def __init__(self, tokenizer):
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos token")
+            raise ModelError(f"the tokenizer of {_model_name(tokenizer)} has no eos token, which ends both the "
+                             f"question and the answer of a seq2seq model; give it an eos_token or pick another model")
         self.tok = tokenizer
         self.stop_ids = [tokenizer.eos_token_id]
 

@@ -37,8 +37,3 @@ def split_groups(groups: list[list[int]], val_fraction: float, test_fraction: fl
         raise DataError(f"the {n} rows form {len(groups)} groups of duplicates too large to fill all three splits; "
                         f"use more rows or a higher data.near_duplicate_threshold")
     return {s: sorted(v) for s, v in out.items()}
-
-
-def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Split n unrelated rows (every row its own group)."""
-    return split_groups([[i] for i in range(n)], val_fraction, test_fraction, seed)

@@ -31,11 +31,6 @@ def rouge_scores(hypotheses: list[str], references: list[str]) -> dict[str, floa
     return {k: v / n for k, v in sums.items()}
 
 
-def mean_rouge_l(hypotheses: list[str], references: list[str]) -> float:
-    """Mean ROUGE-L F1 (0-1) over pairs."""
-    return rouge_scores(hypotheses, references)["rougeL_f1"]
-
-
 def exact_match(hypotheses: list[str], references: list[str]) -> float:
     """Share of answers whose code equals the reference's code (whitespace at the ends ignored)."""
     pairs = list(zip(hypotheses, references))
