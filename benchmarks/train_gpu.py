@@ -57,7 +57,9 @@ def measure(model_path: str, quantize: str, batch: int, args) -> dict:
     from codelora.data.prompts import PromptFormat
     from codelora.models.lora import apply_lora
     from codelora.models.sources import load_base
-    from codelora.training.train import fit, resolve_precision
+    from codelora.training.loop import fit
+    from codelora.training.setup import resolve_precision
+    from codelora.training.step import StepContext
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -71,12 +73,12 @@ def measure(model_path: str, quantize: str, batch: int, args) -> dict:
     fmt = PromptFormat(tok)
     examples = [fmt.encode(r) for r in _rows(args.data, (args.warmup + args.steps) * batch)]
     warm, measured = examples[:args.warmup * batch], examples[args.warmup * batch:]
+    tc = TrainConfig(batch_size=batch, save_every=0)
+    ctx = StepContext(model, tok.pad_token_id, "cuda", max_batch_tokens=tc.batch_token_budget("cuda"), dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        fit(model, warm, warm[:1], TrainConfig(batch_size=batch, save_every=0), 0, tok.pad_token_id, "cuda",
-            Path(tmp), dtype=dtype)
+        fit(ctx, warm, warm[:1], tc, 0, Path(tmp))
         torch.cuda.synchronize()
-        stats = fit(model, measured, measured[:1], TrainConfig(batch_size=batch, save_every=0), 0, tok.pad_token_id,
-                    "cuda", Path(tmp), dtype=dtype)
+        stats = fit(ctx, measured, measured[:1], tc, 0, Path(tmp))
     non_emb, head = _param_counts(model)
     sup = sum(e.n_supervised for e in measured)
     flops = 4 * non_emb * stats["tokens"] + 4 * head * sup

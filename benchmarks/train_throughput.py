@@ -84,7 +84,8 @@ def run_codelora(args) -> dict:
     from codelora.models.lora import apply_lora
     from codelora.models.sources import load_base
     from codelora.training.outputs import LossLog
-    from codelora.training.train import fit
+    from codelora.training.loop import fit
+    from codelora.training.step import StepContext
 
     model, tok, _ = load_base(ModelConfig(name=args.model), "cpu")
     model = apply_lora(model, LoraSettings())  # the defaults: r=16, alpha=32, dropout 0, q,k,v,o
@@ -96,10 +97,11 @@ def run_codelora(args) -> dict:
     tc = TrainConfig(batch_size=args.batch_size, save_every=0, epochs=1)  # codelora's defaults otherwise
     if args.max_batch_tokens:
         tc.max_batch_tokens = args.max_batch_tokens
+    ctx = StepContext(model, tok.pad_token_id, "cpu", max_batch_tokens=tc.batch_token_budget("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         if warm:
-            fit(model, warm, warm[:1], tc, 0, tok.pad_token_id, "cpu", Path(tmp))
-        stats = fit(model, measured, measured[:1], tc, 0, tok.pad_token_id, "cpu", Path(tmp))
+            fit(ctx, warm, warm[:1], tc, 0, Path(tmp))
+        stats = fit(ctx, measured, measured[:1], tc, 0, Path(tmp))
         log = LossLog.read(Path(tmp) / "loss_log.jsonl")
     steps = [e for e in log if e["split"] == "train"]
     assert len(steps) == args.steps, (len(steps), args.steps)
@@ -109,9 +111,8 @@ def run_codelora(args) -> dict:
     longest = sorted((fmt.encode(r) for r in _rows(args.data, 356)), key=lambda e: -len(e.input_ids))
     longest = [e for e in longest if len(e.input_ids) <= 512][:args.batch_size]
     with tempfile.TemporaryDirectory() as tmp:
-        fit(model, longest, longest[:1], TrainConfig(batch_size=args.batch_size, save_every=0, max_steps=1,
-                                                     max_batch_tokens=tc.max_batch_tokens), 0,
-            tok.pad_token_id, "cpu", Path(tmp))
+        fit(ctx, longest, longest[:1], TrainConfig(batch_size=args.batch_size, save_every=0, max_steps=1), 0,
+            Path(tmp))  # the token budget is ctx's, as above
     non_emb, head = _param_counts(model)
     return {"variant": "codelora", "seconds": stats["train_seconds"], "tokens": stats["tokens"],
             "supervised_tokens": supervised, "non_embedding_params": non_emb, "head_params": head,

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import subprocess
 import sys
 
@@ -6,3 +8,17 @@ def run_cli(*args, timeout=900, cwd=None):
     """Run the real console entry point in a fresh process (what a user runs)."""
     return subprocess.run([sys.executable, "-m", "codelora", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
+
+
+def call_cli(*args) -> subprocess.CompletedProcess:
+    """codelora.cli.main in this process, its output captured: for error paths, where a fresh process adds
+    only start-up time. Usage errors (argparse's SystemExit) come back as their exit code too."""
+    from codelora.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(["codelora", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adapters_helpers import save_plain_peft, train_with_codelora
-from cli_helpers import run_cli
+from cli_helpers import call_cli, run_cli
 
 PROMPT = "Write a Python function add2(x) that applies + 2 to x."
 
@@ -97,8 +97,6 @@ def test_parity_thresholds_are_enforced(trained, tmp_path):
     assert "--max-abs-diff" in parity_verdict(stats, MergeConfig(max_abs_diff=0.001, max_kl=1.0))
     assert "--max-kl" in parity_verdict(stats, MergeConfig(max_abs_diff=0.1, max_kl=1e-9))
     assert "NaN" in parity_verdict(compare_logits(a, [torch.full((3, 5), float("inf"))]), MergeConfig())
-    r = run_cli("merge", trained, "--out", tmp_path / "m", "--max-kl", "nan")
-    assert r.returncode == 1 and "--max-kl must be a number >= 0" in r.stderr
 
 
 def test_adapter_written_by_plain_peft_merges(tiny_model_dir, tmp_path):
@@ -110,7 +108,7 @@ def test_adapter_written_by_plain_peft_merges(tiny_model_dir, tmp_path):
 
 
 def test_merge_errors_are_one_line(tmp_path):
-    r = run_cli("merge", tmp_path, "--out", tmp_path / "m")
+    r = call_cli("merge", tmp_path, "--out", tmp_path / "m")
     assert r.returncode == 1 and "adapter_config.json is missing" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -12,7 +12,8 @@ import signal
 import sys
 
 import codelora.training.checkpoint as checkpoint
-import codelora.training.train as train
+import codelora.training.loop as loop
+import codelora.training.step as step
 from codelora.cli import main
 
 
@@ -45,11 +46,11 @@ if spec:
     where, n, arg = spec.split(":", 2)
     if where == "loss":
         sig = getattr(signal, "SIG" + arg)
-        train.supervised_loss_sum = after_calls(train.supervised_loss_sum, int(n), lambda: os.kill(os.getpid(), sig))
+        step.supervised_loss_sum = after_calls(step.supervised_loss_sum, int(n), lambda: os.kill(os.getpid(), sig))
     elif where == "fsync":
         checkpoint._fsync = after_calls(checkpoint._fsync, int(n), lambda: os.kill(os.getpid(), signal.SIGKILL))
     elif where == "fill":
-        original, count = train.save_checkpoint, 0
+        original, count = loop.save_checkpoint, 0
 
         def fill_then_save(*args, **kwargs):
             global count
@@ -58,7 +59,7 @@ if spec:
                 fill_disk(arg)
             return original(*args, **kwargs)
 
-        train.save_checkpoint = fill_then_save
+        loop.save_checkpoint = fill_then_save
     else:
         raise SystemExit(f"unknown FAULT {spec}")
 

@@ -58,7 +58,7 @@ def test_fast_training_step_equals_the_plain_path(tiny_model_dir, rows, monkeypa
     import codelora.training.loss as loss_mod
     from codelora.config import LoraSettings
     from codelora.models.lora import apply_lora
-    from codelora.training.train import train_step
+    from codelora.training.step import StepContext, train_step
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     fmt = PromptFormat(tok)
@@ -82,8 +82,8 @@ def test_fast_training_step_equals_the_plain_path(tiny_model_dir, rows, monkeypa
 
     # fast path: two micro-batches, split again by a tiny token budget, head chunks of 7 rows
     monkeypatch.setattr(loss_mod, "HEAD_CHUNK", 7)
-    loss_sum, tokens = train_step(model, examples, [[0, 1, 2, 3], [4, 5, 6, 7]], n_sup, tok.pad_token_id, "cpu",
-                                  max_batch_tokens=64, dtype=torch.float32)
+    ctx = StepContext(model, tok.pad_token_id, "cpu", max_batch_tokens=64, dtype=torch.float32)
+    loss_sum, tokens = train_step(ctx, examples, [[0, 1, 2, 3], [4, 5, 6, 7]], n_sup)
     assert tokens == sum(len(e.input_ids) for e in examples)
     assert abs(loss_sum / n_sup - plain.item()) <= 1e-5 * plain.item()
     for n, p in params.items():

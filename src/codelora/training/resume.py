@@ -1,0 +1,53 @@
+"""--resume: the settings must be those of the interrupted run, and it continues from its newest
+verified checkpoint (`loop.restore` loads that checkpoint's state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codelora.config import RunConfig, load_config_file
+from codelora.console import say
+from codelora.errors import CodeloraError
+from codelora.training.checkpoint import Checkpoint, find_latest
+from codelora.training.distributed import Dist
+
+# Config fields that may change between an interrupted run and its resumption (a moved run
+# directory, another checkpoint interval, other evaluation settings): they do not
+# change what is computed.
+RESUMABLE_CHANGES = ("out", "eval.", "train.save_every", "train.keep_checkpoints")
+
+
+def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = _flatten(load_config_file(saved_path)), _flatten(cfg.to_dict())
+    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if diffs:
+        raise CodeloraError(f"--resume needs the settings of the interrupted run, but {'; '.join(diffs)}; "
+                            f"run the original command with --resume, or pass --overwrite to start over")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "categories":
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def find_checkpoint(run_dir: Path, dist: Dist) -> Checkpoint | None:
+    """The newest verified checkpoint of `run_dir`, the same on every process; None: train from step 0."""
+    checkpoint = None
+    # rank 0 looks first: it removes cut-off checkpoint writes before the others list the folder
+    if dist.main:
+        checkpoint = find_latest(run_dir / "checkpoints")
+    dist.barrier()
+    if not dist.main:
+        checkpoint = find_latest(run_dir / "checkpoints")
+    if checkpoint is None:
+        say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
+    return checkpoint

@@ -1,0 +1,125 @@
+"""Set-up of a training run: seed, device and processes, precision, data, base model, and the
+training method (LoRA adapters, or which weights of the model train)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from codelora.config import RunConfig, parse_method
+from codelora.console import say
+from codelora.data.dataset import PreparedData, load_task_data, prepare_data, task_format
+from codelora.data.labels import label_names
+from codelora.data.prompts import PromptFormat
+from codelora.models.lora import apply_lora, count_parameters
+from codelora.models.methods import set_trainable
+from codelora.models.sources import ModelSource, load_base, pick_device
+from codelora.training.distributed import Dist, init_distributed
+
+
+@dataclass
+class Setup:
+    """A run ready to train: the model with its method applied, its data, and where it runs."""
+
+    model: object  # peft.PeftModel for LoRA, else the transformers model
+    tokenizer: object
+    source: ModelSource
+    fmt: PromptFormat  # or Seq2SeqFormat / ClassFormat, per model.task
+    data: PreparedData
+    labels: list[str] | None  # the class names of a classification task
+    device: str
+    dtype: torch.dtype
+    dist: Dist
+    trainable: int  # parameters that train
+    total: int  # parameters of the model (with its adapters)
+
+
+def set_up(cfg: RunConfig) -> Setup:
+    """Everything before the first step, in a fixed order: the seeded RNGs are used in this order."""
+    import transformers
+
+    transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
+    device, dist = pick_processes(cfg.train.device)
+    dtype = resolve_precision(cfg.train.precision, device)
+    task = cfg.model.task
+    loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
+    labels = label_names(loaded.rows) if task == "classification" else None
+    model, tokenizer, source = load_model(cfg, device, dtype, labels)
+    say(f"model {source.name} ({source.kind}) on {device}, {str(dtype).removeprefix('torch.')}"
+        + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
+        + (f", {dist.world} processes" if dist.enabled else ""))
+    fmt = task_format(task, tokenizer, labels)
+    data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
+    say_data(loaded.source, data)
+    model = apply_method(model, cfg, source.name)
+    trainable, total = count_parameters(model)
+    say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        + (f"; labels: {', '.join(labels)}" if labels else ""))
+    return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total)
+
+
+def pick_processes(device_setting: str) -> tuple[str, Dist]:
+    """The device, and the process group when torchrun / accelerate started this process (one GPU per rank)."""
+    device = pick_device(device_setting)
+    dist = init_distributed(device)
+    if dist.enabled and device == "cuda":
+        device = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(device)
+    return device, dist
+
+
+def resolve_precision(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name == "bf16" and device == "cpu":
+        say("warning: train.precision=bf16 on a CPU: bf16 matmuls are ~100x slower than fp32 on most CPUs")
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str] | None):
+    """The base model and its tokenizer, ready for k-bit training or gradient checkpointing where asked."""
+    # Weights that train stay fp32 (bf16 runs under autocast): a bf16 weight drops updates below
+    # 1/256 of its size, i.e. most AdamW steps at full fine-tuning learning rates.
+    trains_base = parse_method(cfg.train.method)[0] in ("full", "top")
+    model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if trains_base else dtype,
+                                         labels=labels)
+    if cfg.model.quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer, source
+
+
+def say_data(source: str, data: PreparedData) -> None:
+    sizes = data.summary()["split_sizes"]
+    rep = data.curated.split_report
+    say(f"data {source}: {len(data.rows)} rows -> train {sizes['train']}, "
+        f"validation {sizes['validation']}, test {sizes['test']}"
+        + (f" ({rep['grouped_rows']} related rows kept together in {rep['groups']} groups)" if "groups" in rep else ""))
+
+
+def apply_method(model, cfg: RunConfig, base_model: str):
+    """LoRA adapters on the model (a new peft model), or mark which of its own weights train."""
+    if cfg.train.method == "lora":
+        return apply_lora(model, cfg.lora, base_model=base_model, task=cfg.model.task)
+    set_trainable(model, cfg.train.method, cfg.model.task)
+    return model
+
+
+def describe_method(cfg: RunConfig) -> str:
+    kind, k = parse_method(cfg.train.method)
+    if kind == "full":
+        return "full fine-tuning"
+    if kind == "top":
+        return f"top-{k}: the last {k} blocks and the head train"
+    if kind == "none":
+        return "method none: no training (baseline)"
+    lo = cfg.lora
+    extras = [name for name, on in (("rsLoRA", lo.use_rslora), ("DoRA", lo.use_dora)) if on]
+    if lo.layers_to_transform is not None:
+        extras.append(f"blocks {lo.layers_to_transform}")
+    return f"LoRA r={lo.r} alpha={lo.alpha} on {lo.target_modules}{' (' + ', '.join(extras) + ')' if extras else ''}"
