@@ -18,7 +18,7 @@ def no_columns(tmp_path):
     ("no required columns", ["--data", "{nocols}"], "missing required column(s) instruction, input, output"),
     ("unknown model offline", ["--data", "{data}", "--model", "no-such-org/no-such-model"],
      "Hugging Face Hub is unreachable"),
-    ("lora rank zero", ["--data", "{data}", "--lora-r", "0"], "lora.r must be a positive integer, got 0"),
+    ("lora rank zero", ["--data", "{data}", "--lora-r", "0"], "lora.r must be at least 1, got 0"),
     ("not a number", ["--lora-r", "abc"], "argument --lora-r: invalid int value"),
     ("unknown field", ["--set", "lora.rank=4"], "unknown config field 'lora.rank'"),
     ("missing config", ["--config", "{tmp}/none.yaml"], "config file not found"),
@@ -47,10 +47,10 @@ def test_eval_of_a_non_run(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["ask", "q", "--max-new-tokens", "0"], "generate.max_new_tokens must be at least 1, got 0"),
-    (["ask", "q", "--top-p", "1.5"], "generate.top_p must be in (0, 1]"),
-    (["serve", "--port", "70000"], "--port must be 1-65535"),
+    (["ask", "q", "--top-p", "1.5"], "generate.top_p must be in (0, 1], got 1.5"),
+    (["serve", "--port", "70000"], "--port must be in [1, 65535], got 70000"),
     (["serve", "--host", "0.0.0.0"], "set an API key"),
-    (["merge", "{tmp}", "--out", "{tmp}/m", "--max-kl", "nan"], "--max-kl must be a number >= 0"),
+    (["merge", "{tmp}", "--out", "{tmp}/m", "--max-kl", "nan"], "--max-kl must be at least 0, got nan"),
     (["eval", "--tasks", "{tmp}/t.jsonl", "--samples", "0"], "eval.samples must be at least 1"),
     (["train", "--set", "train.scheduler=cosine_annealing"], "train.scheduler must be one of cosine"),
     (["train", "--method", "top-0"], "train.method must be lora, full, top-K"),

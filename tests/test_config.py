@@ -31,14 +31,15 @@ def test_nested_values_parse_and_coerce():
 
 @pytest.mark.parametrize("data, fragment", [
     ({"lora": {"rank": 4}}, "unknown config field 'lora.rank'"),
-    ({"lora": {"r": 0}}, "lora.r must be a positive integer, got 0"),
+    ({"lora": {"r": 0}}, "lora.r must be at least 1, got 0; try 8 or 16"),
     ({"lora": {"r": "big"}}, "lora.r must be int, got 'big'"),
     ({"lora": {"r": True}}, "lora.r must be int"),
     ({"lora": {"target_modules": "attention"}}, "lora.target_modules"),
     ({"lora": {"bias": "some"}}, "lora.bias must be one of"),
     ({"train": {"lr": 0}}, "train.lr must be positive"),
     ({"data": {"test_fraction": 0.7}}, "data.test_fraction must be in (0, 0.5)"),
-    ({"data": {"limit": 0}}, "data.limit must be a positive number"),
+    ({"data": {"limit": 0}}, "data.limit must be at least 1, got 0; omit it to use all rows"),
+    ({"train": {"lr": float("nan")}}, "train.lr must be positive, got nan"),
     ({"generate": {"max_new_tokens": 0}}, "generate.max_new_tokens must be at least 1, got 0"),
     ({"generate": {"top_p": 0}}, "generate.top_p must be in (0, 1]"),
     ({"train": {"scheduler": "cosine_annealing"}}, "train.scheduler must be one of cosine, linear"),

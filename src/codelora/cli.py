@@ -26,8 +26,9 @@ import typing
 import warnings
 from pathlib import Path
 
-from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, check_choices, field_help,
-                             load_config_file, parse_assignment, parse_config, resolve_field, set_dotted)
+from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, field_help,
+                             load_config_file, parse_assignment, parse_config, resolve_field, set_dotted,
+                             validated)
 from codelora.console import say
 from codelora.errors import CodeloraError, TrainingStopped, first_line
 
@@ -174,11 +175,10 @@ def run_config(args, config_path: str | None) -> RunConfig:
 
 
 def section(cls: type, values: dict[str, object], prefix: str = ""):
-    """A validated `cls` from the flags' values of its fields (`prefix.field` keys)."""
+    """A validated `cls` from the flags' values of its fields (`prefix.field` keys; no prefix: a
+    CLI-only section, whose errors name the flags)."""
     obj = cls(**{k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
-    check_choices(obj, prefix.rstrip(".") or cls.__name__)
-    obj.validate()
-    return obj
+    return validated(obj, prefix.rstrip(".") or "--")
 
 
 # -- subcommands ----------------------------------------------------------------------------------

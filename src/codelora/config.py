@@ -32,10 +32,36 @@ DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 API_KEY_ENV = "CODELORA_API_KEY"
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed numeric range of a field; `None` values of optional fields are not checked."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value > low, else value >= low
+    high_open: bool = False  # True: value < high, else value <= high
+
+    def holds(self, v: float) -> bool:  # written so that NaN fails every check
+        low_ok = self.low is None or (v > self.low if self.low_open else v >= self.low)
+        return low_ok and (self.high is None or (v < self.high if self.high_open else v <= self.high))
+
+    def text(self) -> str:
+        if self.high is None:
+            if self.low == 0 and self.low_open:
+                return "positive"
+            return f"above {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE, AT_LEAST_1, NON_NEGATIVE = Bounds(0, low_open=True), Bounds(1), Bounds(0)
+FRACTION = Bounds(0, 1)
+
+
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text (shown by --help) and, optionally, its allowed values."""
-    meta = {"help": help, "choices": choices}
+           bounds: Bounds | None = None, hint: str = "", factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by --help), and what values it allows: `choices`
+    or numeric `bounds` (checked when the config is parsed; `hint` is added to the error)."""
+    meta = {"help": help, "choices": choices, "bounds": bounds, "hint": hint}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,41 +110,25 @@ class DataConfig:
     source: str = option(DEFAULT_DATASET, "Hub dataset id, local .json/.jsonl/.parquet/.csv file, or a directory "
                                           "written by `codelora data prepare`")
     fallback: str | None = option(None, "local file used (with a notice) only when the Hub is unreachable")
-    limit: int | None = option(None, "use only the first N rows, in file order")
-    val_fraction: float = option(0.1, "share of the rows (by group of related rows) in the validation split")
-    test_fraction: float = option(0.1, "share of the rows (by group of related rows) in the test split")
-    max_length: int = option(512, "tokens per formatted example; longer rows are dropped and reported")
-    max_chars: int = option(20000, "validation: rows longer than this (all fields together) are dropped")
-    max_drop_fraction: float = option(0.05, "fail when validation drops more than this share of the rows")
+    limit: int | None = option(None, "use only the first N rows, in file order", bounds=AT_LEAST_1, hint="; omit it to use all rows")
+    val_fraction: float = option(0.1, "share of the rows (by group of related rows) in the validation split", bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
+    test_fraction: float = option(0.1, "share of the rows (by group of related rows) in the test split", bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
+    max_length: int = option(512, "tokens per formatted example; longer rows are dropped and reported", bounds=Bounds(16))
+    max_chars: int = option(20000, "validation: rows longer than this (all fields together) are dropped", bounds=AT_LEAST_1)
+    max_drop_fraction: float = option(0.05, "fail when validation drops more than this share of the rows", bounds=FRACTION)
     near_duplicate_threshold: float = option(0.9, "Jaccard similarity over token 3-shingles above which rows "
-                                                  "count as near duplicates and share a split")
+                                                  "count as near duplicates and share a split", bounds=Bounds(0, 1, low_open=True))
     decontaminate: bool = option(False, "drop rows that share a 13-token span with a HumanEval prompt or solution")
     clean: CleanConfig = option(help="how answers are cleaned", factory=CleanConfig)
     categories: dict[str, list[str]] = option(help="keyword categories of instructions (report, classification)",
                                               factory=lambda: dict(DEFAULT_CATEGORIES))
 
-    def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"data.limit must be a positive number of rows, got {self.limit}; omit it to use all rows")
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0.0 < v < 0.5:
-                raise ConfigError(f"data.{name} must be in (0, 0.5), got {v}; the default is 0.1")
-        if self.max_length < 16:
-            raise ConfigError(f"data.max_length must be at least 16 tokens, got {self.max_length}")
-        if self.max_chars < 1:
-            raise ConfigError(f"data.max_chars must be positive, got {self.max_chars}")
-        if not 0.0 <= self.max_drop_fraction <= 1.0:
-            raise ConfigError(f"data.max_drop_fraction must be in [0, 1], got {self.max_drop_fraction}")
-        if not 0.0 < self.near_duplicate_threshold <= 1.0:
-            raise ConfigError(f"data.near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
-
 
 @dataclass
 class LoraSettings:
-    r: int = option(16, "rank of the update matrices")
-    alpha: float = option(32, "scaling numerator: the update is scaled by alpha / r")
-    dropout: float = option(0.0, "dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step")
+    r: int = option(16, "rank of the update matrices", bounds=AT_LEAST_1, hint="; try 8 or 16")
+    alpha: float = option(32, "scaling numerator: the update is scaled by alpha / r", bounds=POSITIVE, hint="; a common choice is 2 * r")
+    dropout: float = option(0.0, "dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step", bounds=Bounds(0, 1, high_open=True))
     target_modules: list[str] | str = option(help="module names to adapt, or 'all-linear'",
                                              factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
@@ -128,12 +138,6 @@ class LoraSettings:
                                                          "omitted: all")
 
     def validate(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r must be a positive integer, got {self.r}; try 8 or 16")
-        if self.alpha <= 0:
-            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}; a common choice is 2 * r")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str):
             if self.target_modules != "all-linear":
                 raise ConfigError(
@@ -141,12 +145,11 @@ class LoraSettings:
                 )
         elif not self.target_modules:
             raise ConfigError("lora.target_modules is empty: list module names such as [q_proj, v_proj] or use all-linear")
-        if self.layers_to_transform is not None:
-            layers = self.layers_to_transform
-            if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) \
-                    or len(set(layers)) != len(layers):
-                raise ConfigError(f"lora.layers_to_transform must be a non-empty list of distinct block indices >= 0, "
-                                  f"got {layers!r}; omit it to adapt every block")
+        layers = self.layers_to_transform
+        if layers is not None and (not layers or len(set(layers)) != len(layers)
+                                   or any(isinstance(i, bool) or i < 0 for i in layers)):
+            raise ConfigError(f"lora.layers_to_transform must be a non-empty list of distinct block indices >= 0, "
+                              f"got {layers!r}; omit it to adapt every block")
 
 
 METHODS = "lora, full, top-K (K >= 1, e.g. top-2) or none"
@@ -167,26 +170,26 @@ class TrainConfig:
     method: str = option("lora", "what trains: lora (adapters per the lora section), full (every weight), top-K "
                                  "(the last K blocks of each block stack and the output head, e.g. top-2) or "
                                  "none (no training: the baseline)")
-    epochs: int = option(1, "passes over the training split")
-    max_steps: int | None = option(None, "optimizer steps; when set it overrides epochs")
-    batch_size: int = option(8, "rows per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
+    epochs: int = option(1, "passes over the training split", bounds=AT_LEAST_1)
+    max_steps: int | None = option(None, "optimizer steps; when set it overrides epochs", bounds=AT_LEAST_1, hint="; omit it to train by epochs")
+    batch_size: int = option(8, "rows per micro-batch", bounds=AT_LEAST_1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", bounds=AT_LEAST_1)
     # It bounds activation memory (~1.8 MB per token for SmolLM2-135M): pieces of a micro-batch
     # add their gradients up to the same result.
     max_batch_tokens: int = option(0, f"split a micro-batch over this many padded tokens into pieces; 0 = auto: "
                                       f"{AUTO_BATCH_TOKENS['cpu']} on a CPU, {AUTO_BATCH_TOKENS['gpu']} on a GPU")
-    lr: float = option(2e-4, "peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up from 0")
+    lr: float = option(2e-4, "peak learning rate (AdamW)", bounds=POSITIVE, hint="; LoRA usually uses 1e-4 to 5e-4")
+    weight_decay: float = option(0.0, "AdamW weight decay", bounds=NON_NEGATIVE)
+    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up from 0", bounds=Bounds(0, 1, high_open=True))
     scheduler: str = option("cosine", "learning-rate schedule after warm-up", choices=SCHEDULERS)
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this")
-    eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this", bounds=POSITIVE)
+    eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch", bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
     precision: str = option("auto", "auto (bf16 on a GPU that has it, else fp32; never bf16 on a CPU: ~100x "
                                     "slower there), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
-    save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C")
-    keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes")
+    save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C", bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
+    keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes", bounds=AT_LEAST_1)
 
     def batch_token_budget(self, device: str) -> int:
         """max_batch_tokens, with 0 (auto) resolved for `device`."""
@@ -194,74 +197,34 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_method(self.method)
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be at least 1, got {self.max_steps}; omit it to train by epochs")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}; LoRA usually uses 1e-4 to 5e-4")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.max_grad_norm > 0:
-            raise ConfigError(f"train.max_grad_norm must be positive, got {self.max_grad_norm}")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.max_batch_tokens and self.max_batch_tokens < 16:
             raise ConfigError(f"train.max_batch_tokens must be 0 (auto) or at least 16, got {self.max_batch_tokens}")
-        if self.save_every < 0:
-            raise ConfigError(f"train.save_every must be 0 (checkpoint only when stopped) or a step count, got {self.save_every}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"train.keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
-        if self.eval_every < 0:
-            raise ConfigError(f"train.eval_every must be 0 (epoch ends only) or a positive step count, got {self.eval_every}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass
 class GenerateConfig:
     """How answers are decoded: by evaluation, `ask` and (as request defaults) `serve`."""
 
-    max_new_tokens: int = option(256, "generation budget per answer, in tokens")
-    temperature: float = option(0.0, "0 = greedy (deterministic); above 0 samples")
+    max_new_tokens: int = option(256, "generation budget per answer, in tokens", bounds=AT_LEAST_1)
+    temperature: float = option(0.0, "0 = greedy (deterministic); above 0 samples", bounds=NON_NEGATIVE, hint=" (0 = greedy)")
     top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens holding this probability "
-                                "(used only when sampling)")
-
-    def validate(self, where: str = "generate") -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"{where}.max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"{where}.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"{where}.top_p must be in (0, 1], got {self.top_p}")
+                                "(used only when sampling)", bounds=Bounds(0, 1, low_open=True))
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = option(16, "rows scored or prompts generated together")
-    limit: int | None = option(None, "generate for only the first N test rows / tasks (loss always uses all rows)")
+    batch_size: int = option(16, "rows scored or prompts generated together", bounds=AT_LEAST_1)
+    limit: int | None = option(None, "generate for only the first N test rows / tasks (loss always uses all rows)", bounds=AT_LEAST_1)
     tasks: str | None = option(None, "`run` only: after the text metrics, pass@1 of base vs adapter on "
                                      "'humaneval' or a tasks JSONL file, by running the generated code in the "
                                      "sandbox (needs allow_code_execution)")
-    tasks_limit: int | None = option(None, "only the first N of eval.tasks")
+    tasks_limit: int | None = option(None, "only the first N of eval.tasks", bounds=AT_LEAST_1)
     allow_code_execution: bool = option(False, "allow running model-generated code (each sample a sandboxed process)")
-    samples: int = option(1, "answers per task for pass@k (k <= samples); 1 = one greedy answer")
-    sample_temperature: float = option(0.8, "sampling temperature when samples > 1")
-    timeout: float = option(10.0, "seconds a sample may run in the sandbox")
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
-        for name in ("limit", "tasks_limit"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name} must be a positive number, got {getattr(self, name)}")
-        if self.samples < 1:
-            raise ConfigError(f"eval.samples must be at least 1, got {self.samples}")
-        if not self.sample_temperature > 0:
-            raise ConfigError(f"eval.sample_temperature must be above 0, got {self.sample_temperature}")
-        if not 0 < self.timeout <= 3600:
-            raise ConfigError(f"eval.timeout must be in (0, 3600] seconds, got {self.timeout}")
+    samples: int = option(1, "answers per task for pass@k (k <= samples); 1 = one greedy answer", bounds=AT_LEAST_1)
+    sample_temperature: float = option(0.8, "sampling temperature when samples > 1", bounds=POSITIVE)
+    timeout: float = option(10.0, "seconds a sample may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
 
 
 @dataclass
@@ -269,26 +232,21 @@ class ServeConfig:
     """`codelora serve` (flags only; not part of a run config)."""
 
     host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
-    port: int = option(8000, "TCP port")
+    port: int = option(8000, "TCP port", bounds=Bounds(1, 65535))
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
-    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429")
-    max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for")
-    max_body_bytes: int = option(65536, "larger request bodies get 413")
+    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429", bounds=AT_LEAST_1)
+    max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for", bounds=AT_LEAST_1)
+    max_body_bytes: int = option(65536, "larger request bodies get 413", bounds=AT_LEAST_1)
     api_key: str | None = option(None, f"require this key (prefer the environment variable {API_KEY_ENV}; a flag "
                                        f"is visible in ps)")
     log_prompts: bool = option(False, "write prompts and answers to the log (off: only ids, counts and times)")
     lazy: bool = option(False, "load adapters on first use instead of at start")
 
     def validate(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"--port must be 1-65535, got {self.port}")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError(f"the API key is too short ({len(self.api_key)} characters); use at least 8")
-        for name in ("max_queue", "max_new_tokens_limit", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -296,14 +254,11 @@ class MergeConfig:
     """`codelora merge`: the parity gate between the adapter model and the merged model."""
 
     max_abs_diff: float = option(1e-3, "largest allowed |merged - adapter| logit on the probe prompts "
-                                       "(fp32 merges differ by ~1e-5)")
-    max_kl: float = option(1e-5, "largest allowed KL(adapter || merged) per position")
+                                       "(fp32 merges differ by ~1e-5)", bounds=NON_NEGATIVE)
+    max_kl: float = option(1e-5, "largest allowed KL(adapter || merged) per position", bounds=NON_NEGATIVE)
     device: str = option("cpu", "cpu, cuda, cuda:N, mps or auto")
 
     def validate(self) -> None:
-        for name in ("max_abs_diff", "max_kl"):
-            if not getattr(self, name) >= 0:  # also catches NaN
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(self, name)}")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
 
@@ -321,8 +276,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         for section in (self.model, self.data, self.data.clean, self.lora, self.train, self.generate, self.eval):
-            check_choices(section)
-            getattr(section, "validate", lambda: None)()
+            validated(section)
         method = parse_method(self.train.method)[0]
         if self.model.quantize != "none" and method in ("full", "top"):
             raise ConfigError(f"train.method={self.train.method} trains the base weights, which cannot be quantized; "
@@ -342,14 +296,25 @@ SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", CleanConfig: "data.cl
 RENAMED = {"eval.max_new_tokens": "generate.max_new_tokens"}
 
 
-def check_choices(section: Any, prefix: str | None = None) -> None:
-    """Refuse a field value outside its `choices` metadata, naming the field and the allowed values."""
-    name = prefix or SECTION_NAMES.get(type(section), type(section).__name__)
+def check_fields(section: Any, prefix: str | None = None) -> None:
+    """Refuse a value outside its field's `choices` or `bounds`, naming the field, the value and
+    what is allowed. `prefix` "--" names CLI-only settings by their flags (--max-queue)."""
+    prefix = prefix or SECTION_NAMES.get(type(section), type(section).__name__)
     for f in dataclasses.fields(section):
-        choices = f.metadata.get("choices")
-        value = getattr(section, f.name)
-        if choices and value not in choices:
-            raise ConfigError(f"{name}.{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        value, meta = getattr(section, f.name), f.metadata
+        where = f"--{f.name.replace('_', '-')}" if prefix == "--" else f"{prefix}.{f.name}"
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        bounds = meta.get("bounds")
+        if bounds and value is not None and not bounds.holds(value):
+            raise ConfigError(f"{where} must be {bounds.text()}, got {value}{meta.get('hint', '')}")
+
+
+def validated(section: Any, prefix: str | None = None) -> Any:
+    """`section` after its field checks and its own cross-field `validate()`; returns it."""
+    check_fields(section, prefix)
+    getattr(section, "validate", lambda: None)()
+    return section
 
 
 def field_help(cls: type, name: str) -> tuple[str, tuple | None, Any]:

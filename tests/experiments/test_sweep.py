@@ -80,7 +80,7 @@ def test_a_bad_cell_is_refused_before_anything_runs(sweep_file, tmp_path):
     sweep_file.write_text(yaml.safe_dump(spec))
     r = run_cli("sweep", sweep_file)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "sweep cell zero: lora.r must be a positive integer" in r.stderr
+    assert "sweep cell zero: lora.r must be at least 1, got 0" in r.stderr
     assert not (tmp_path / "sweep").exists()
 
 

@@ -1,1 +1,4 @@
-"""Loading rows, formatting them as prompts, and splitting them."""
+"""Rows in, model inputs out: reading, validation, cleaning, dedup-aware splits, prompt formats, the EDA report.
+
+It receives a tokenizer; it never loads a model (the import contracts in pyproject.toml check that).
+"""

@@ -1,1 +1,1 @@
-"""Generation for evaluation, text metrics, and the base-vs-adapter report."""
+"""Base vs tuned model: loss and text metrics on the test split, pass@k by running generated code in a sandbox."""

@@ -1,1 +1,1 @@
-"""Experiments: grids of runs (sweeps) and their tables and plots."""
+"""Whole runs: one run (train, then evaluate) and sweeps (grids of runs with their tables and plots)."""

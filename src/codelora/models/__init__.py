@@ -1,1 +1,1 @@
-"""Model sources (embedded, local, Hub) and LoRA wrapping."""
+"""Model sources (embedded, local, Hub), LoRA and the other methods, adapter checks, generation, merging."""

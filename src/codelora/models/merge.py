@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codelora.config import MergeConfig
+from codelora.config import MergeConfig, validated
 from codelora.errors import CodeloraError, ModelError
 
 # Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
@@ -88,7 +88,7 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
         raise CodeloraError(f"{out} exists; pass --overwrite to replace it")
     if out.resolve() == run_dir.resolve():
         raise CodeloraError("--out must differ from the adapter directory")
-    mc = mc or MergeConfig()
+    mc = validated(mc or MergeConfig(), "--")
     dev = pick_device(mc.device)
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"  # merge into full-precision weights

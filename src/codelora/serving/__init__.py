@@ -1,1 +1,1 @@
-"""Using a trained adapter: `codelora ask` (the HTTP server and web page come later)."""
+"""Using a trained model: `codelora ask`, and `codelora serve` (HTTP API and web page, adapters per request)."""

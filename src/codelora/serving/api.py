@@ -15,6 +15,7 @@ Every error is JSON `{"error": {"message", "type"}}` with a 4xx status, and the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -224,7 +225,7 @@ def create_app(engine: Engine, settings: ServeConfig) -> FastAPI:
                 "context_length": engine.context_length, "adapters_loaded": sorted(engine.adapters),
                 "queue": {"admitted": state["admitted"], "limit": settings.max_queue},
                 "completed": state["completed"], "auth_required": bool(settings.api_key),
-                "max_new_tokens_limit": settings.max_new_tokens_limit}
+                "max_new_tokens_limit": settings.max_new_tokens_limit, "defaults": dataclasses.asdict(DEFAULTS)}
 
     @app.get("/v1/adapters")
     async def adapters():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig
+from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig, validated
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.models.adapters import base_model_of, check_same_base
@@ -19,8 +19,7 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, gen
     """Answer `question` (greedy by default); with `stream`, print tokens to stdout as they come."""
     if not question.strip():
         raise CodeloraError("the question is empty")
-    gen = gen or GenerateConfig()
-    gen.validate()
+    gen = validated(gen or GenerateConfig())
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise CodeloraError(f"adapter directory not found: {adapter_dir}")

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from codelora.config import API_KEY_ENV, EMBEDDED_MODEL, ModelConfig, ServeConfig
+from codelora.config import API_KEY_ENV, EMBEDDED_MODEL, ModelConfig, ServeConfig, validated
 from codelora.errors import CodeloraError
 
 
@@ -22,7 +22,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_settings(settings: ServeConfig) -> None:
-    settings.validate()
+    validated(settings, "--")
     if not is_loopback(settings.host) and not settings.api_key:
         raise CodeloraError(f"--host {settings.host} makes the API reachable from other machines: set an API key "
                             f"with {API_KEY_ENV}=... (or --api-key), or bind 127.0.0.1")

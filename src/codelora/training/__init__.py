@@ -1,1 +1,1 @@
-"""The training loop, its batches, and what a run writes."""
+"""The training loop: set-up, steps, checkpoints and resumption, and what a run records."""

@@ -29,6 +29,9 @@ async function loadModels() {
   authRequired = health.auth_required;
   $("key-label").hidden = !authRequired;
   $("model").options[0].textContent = `base (${health.base_model})`;
+  for (const [id, key] of [["max-new-tokens", "max_new_tokens"], ["temperature", "temperature"]]) {
+    if ($(id).value === "") $(id).value = health.defaults[key];  // the server's decoding defaults
+  }
   if (authRequired && !$("api-key").value) return;
   try {
     const { adapters } = await call("/v1/adapters");
@@ -48,8 +51,9 @@ $("ask-form").addEventListener("submit", async (event) => {
   showError("");
   const question = $("question").value.trim();
   if (!question) { showError("Type a question first."); return; }
-  const body = { prompt: question, max_new_tokens: Number($("max-new-tokens").value),
-                 temperature: Number($("temperature").value) };
+  const body = { prompt: question };
+  if ($("max-new-tokens").value !== "") body.max_new_tokens = Number($("max-new-tokens").value);
+  if ($("temperature").value !== "") body.temperature = Number($("temperature").value);  // else the server's
   if ($("model").value) body.adapter = $("model").value;
   $("ask").disabled = true;
   $("status").textContent = "generating ...";
