@@ -254,7 +254,7 @@ class MergeConfig:
     """`codelora merge`: the parity gate between the adapter model and the merged model."""
 
     max_abs_diff: float = option(1e-3, "largest allowed |merged - adapter| logit on the probe prompts "
-                                       "(fp32 merges differ by ~1e-5)", bounds=NON_NEGATIVE)
+                                       "(fp32 merges differ by ~1e-4 at most)", bounds=NON_NEGATIVE)
     max_kl: float = option(1e-5, "largest allowed KL(adapter || merged) per position", bounds=NON_NEGATIVE)
     device: str = option("cpu", "cpu, cuda, cuda:N, mps or auto")
 
