@@ -26,7 +26,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, field_help,
+from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, TrainConfig, field_help,
                              load_config_file, parse_assignment, parse_config, resolve_field, set_dotted,
                              validated)
 from codelora.console import say
@@ -271,7 +271,7 @@ def cmd_eval(args) -> int:
 
         model_cfg = ModelConfig(name=args.model) if args.model else (
             base_model_of(Path(adapters[0])) if adapters else ModelConfig())
-        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, RunConfig().train.device)
+        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, TrainConfig.device)
     print(render_exec_markdown(report))
     say(f"wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
     return 0
@@ -281,7 +281,7 @@ def cmd_ask(args) -> int:
     from codelora.serving.ask import ask
 
     values = given(args, ASK_FLAGS)
-    device = values.pop("train.device", None) or RunConfig().train.device
+    device = values.pop("train.device", None) or TrainConfig.device
     ask(args.question, adapter=args.adapter, model=args.model, gen=section(GenerateConfig, values, "generate."),
         device=device, stream=True)
     return 0

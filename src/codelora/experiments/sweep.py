@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from codelora.config import load_config_file, parse_config, set_dotted
+from codelora.config import TrainConfig, load_config_file, parse_config, set_dotted
 from codelora.errors import ConfigError, CodeloraError
 
 SWEEP_KEYS = {"out", "base", "set", "grid", "cells", "x"}
@@ -198,7 +198,7 @@ def collect(sweep: Sweep, cell: Cell) -> dict:
             "val_loss_end": train.get("val_loss_end")}
     models = report.get("models", {})
     tuned = "adapter" if "adapter" in models else "base"  # method none: the base is what it "trained"
-    row["method"] = manifest.get("method", "lora")
+    row["method"] = manifest.get("method", TrainConfig.method)  # manifests before train.method: LoRA
     for metric in METRICS:
         if _get(models, f"base.{metric}") is None:
             continue  # a metric of another task kind (text metrics vs classification)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig, validated
+from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig, TrainConfig, validated
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.models.adapters import base_model_of, check_same_base
@@ -15,7 +15,7 @@ from codelora.models.sources import load_base, pick_device
 
 
 def ask(question: str, adapter: str | None = None, model: str | None = None, gen: GenerateConfig | None = None,
-        device: str = "auto", stream: bool = True) -> str:
+        device: str = TrainConfig.device, stream: bool = True) -> str:
     """Answer `question` (greedy by default); with `stream`, print tokens to stdout as they come."""
     if not question.strip():
         raise CodeloraError("the question is empty")

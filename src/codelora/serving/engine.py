@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codelora.config import GenerateConfig, ModelConfig
+from codelora.config import GenerateConfig, ModelConfig, ServeConfig
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError, ModelError
 from codelora.models.generate import decoding_kwargs
@@ -51,7 +51,7 @@ class LoadedAdapter:
 
 
 class Engine:
-    def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = "auto"):
+    def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = ServeConfig.device):
         from codelora.models.sources import load_base, pick_device
 
         self.device = pick_device(device)
