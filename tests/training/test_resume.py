@@ -170,7 +170,8 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_the_previous_checkpoint(
     errors = [line for line in err.splitlines() if line.startswith("codelora: error:")]
     assert len(errors) == 1 and "could not write checkpoint" in errors[0] and "step-00000004" in errors[0]
     assert "No space left on device (disk full); the previous checkpoint step-00000002 is intact" in errors[0]
-    assert err.strip().splitlines()[-1].startswith(f"codelora: checkpoints kept in {disk}/run.partial; resume with:")
+    kept, hint = err.strip().splitlines()[-2:]
+    assert kept == f"codelora: checkpoints kept in {disk}/run.partial" and hint.startswith("codelora: resume with:")
     assert "Traceback" not in err
 
     from codelora.training.checkpoint import find_latest

@@ -95,7 +95,8 @@ def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: Tr
         run_dir: Path, checkpoint: Checkpoint | None = None, allow_partial_resume: bool = False) -> dict:
     """Train ctx.model on train_ex; return the statistics that go into manifest.json as "train".
 
-    With `checkpoint` the run continues from it and ends as if it had never stopped.
+    With `checkpoint` the run continues from it and ends as if it had never stopped. Micro-batches
+    are split to ctx.max_batch_tokens (tc.max_batch_tokens is not read here).
     """
     loop = make_loop(ctx, train_ex, val_ex, tc, seed, run_dir)
     if checkpoint is not None:
