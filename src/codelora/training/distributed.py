@@ -2,9 +2,10 @@
 
 Both launchers set RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT; that is all we read. Every
 process holds the whole (small) dataset and computes the same seeded batch order; in each
-optimizer step rank r takes micro-batches r, r + N, r + 2N, ... of the step's window. Only the
-LoRA gradients are all-reduced (a few MB), so plain all_reduce is as good as DDP's bucketing
-here and keeps the loop readable. Rank 0 alone writes files.
+optimizer step rank r takes micro-batches r, r + N, r + 2N, ... of the step's window. The
+gradients of what trains are all-reduced once per step (a few MB for LoRA; every weight for
+`full`, the last blocks for `top-K`), so plain all_reduce is as good as DDP's bucketing here and
+keeps the loop readable. Rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -70,10 +71,3 @@ def init_distributed(device: str) -> Dist:
     if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return Dist(rank, world, local_rank)
-
-
-def shutdown() -> None:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
