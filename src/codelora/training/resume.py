@@ -12,9 +12,9 @@ from codelora.training.checkpoint import Checkpoint, find_latest
 from codelora.training.distributed import Dist
 
 # Config fields that may change between an interrupted run and its resumption (a moved run
-# directory, another checkpoint interval, other evaluation settings): they do not
+# directory, another checkpoint interval, other evaluation or decoding settings): they do not
 # change what is computed.
-RESUMABLE_CHANGES = ("out", "eval.", "train.save_every", "train.keep_checkpoints")
+RESUMABLE_CHANGES = ("out", "eval.", "generate.", "train.save_every", "train.keep_checkpoints")
 
 
 def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
