@@ -24,7 +24,8 @@ def e2e_run(tmp_path_factory):
         "model": {"name": "smollm2-135m"},
         "data": {"source": str(data), "limit": 24},
         "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3},
-        "eval": {"max_new_tokens": 24, "batch_size": 4, "tasks": str(TASKS_FILE), "tasks_limit": 2,
+        "generate": {"max_new_tokens": 24},
+        "eval": {"batch_size": 4, "tasks": str(TASKS_FILE), "tasks_limit": 2,
                  "allow_code_execution": True},
     }))
     result = run_cli("run", config)

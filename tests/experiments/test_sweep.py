@@ -22,7 +22,7 @@ def sweep_file(tmp_path, tiny_model_dir, data_file):
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({
         "model": {"name": str(tiny_model_dir)}, "data": {"source": str(data_file)},
-        "train": {"max_steps": 2, "batch_size": 4}, "eval": {"limit": 2, "max_new_tokens": 4, "batch_size": 2},
+        "train": {"max_steps": 2, "batch_size": 4}, "eval": {"limit": 2, "batch_size": 2}, "generate": {"max_new_tokens": 4},
     }))
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({
