@@ -51,6 +51,10 @@ def test_ask_a_question_in_the_browser(browser, server, tmp_path):
     page.goto(server.url + "/")
     page.wait_for_selector("#model option[value='python-qa']", state="attached", timeout=30_000)
     assert "smollm2-135m" in page.inner_text("#model option[value='']")
+    from codelora.config import GenerateConfig  # the page shows the server's decoding defaults
+
+    assert page.input_value("#max-new-tokens") == str(GenerateConfig().max_new_tokens)
+    assert float(page.input_value("#temperature")) == GenerateConfig().temperature
     page.fill("#question", QUESTION)
     page.fill("#max-new-tokens", "64")
     page.select_option("#model", "python-qa")
