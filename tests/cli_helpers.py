@@ -1,5 +1,6 @@
 import contextlib
 import io
+import signal
 import subprocess
 import sys
 
@@ -16,9 +17,12 @@ def call_cli(*args) -> subprocess.CompletedProcess:
     from codelora.cli import main
 
     out, err = io.StringIO(), io.StringIO()
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:
             code = e.code
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
     return subprocess.CompletedProcess(["codelora", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import call_cli, run_cli
 
 
 def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
@@ -105,7 +105,7 @@ def test_data_report_and_prepare_on_the_real_head(shared_head, tmp_path):
 def test_prepare_fails_on_too_many_bad_rows(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "input": "", "output": "b"}\nnot json\n{"instruction": "c", "input": "", "output": "d"}\n')
-    r = run_cli("data", "prepare", "--data", path, "--out", tmp_path / "prep", timeout=300)
+    r = call_cli("data", "prepare", "--data", path, "--out", tmp_path / "prep")
     assert r.returncode == 1 and "1 of 3 rows failed validation (1 malformed JSON)" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("codelora: error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "prep").exists()
@@ -136,11 +136,11 @@ def test_eval_refuses_to_execute_without_the_flag(tmp_path):
     comps.write_text(json.dumps({"task_id": "t/1", "completion": "import pathlib\ntry:\n"
                                  f"    pathlib.Path({str(tmp_path / 'ran')!r}).write_text('x')\n"
                                  "except OSError:\n    pass\ndef f():\n    return 1\n"}) + "\n")
-    r = run_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out", timeout=300)
+    r = call_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out")
     assert r.returncode == 1 and "needs --allow-code-execution" in r.stderr and "nothing was executed" in r.stderr
     assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
-    r = run_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out",
-                "--allow-code-execution", timeout=300)
+    r = call_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out",
+                 "--allow-code-execution")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "exec_report.json").read_text())
     assert report["models"]["completions"]["pass@1"] == 1.0

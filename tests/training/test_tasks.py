@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import call_cli, run_cli
 from conftest import REPO, make_labeled_rows, write_jsonl
 
 
@@ -54,14 +54,14 @@ def test_classification_lora_on_a_labeled_file(tmp_path, tiny_bert_dir):
         right = sum(s[name] == s["label"] for s in samples)
         assert report["models"][name]["accuracy"] == pytest.approx(right / len(samples))
         assert 0.0 <= report["models"][name]["macro_f1"] <= 1.0
-    asked = run_cli("ask", "Which category?", "--adapter", out)  # ask is for causal LMs: one clear line
+    asked = call_cli("ask", "Which category?", "--adapter", out)  # ask is for causal LMs: one clear line
     assert asked.returncode == 1 and "model.task=classification" in asked.stderr and "Traceback" not in asked.stderr
 
 
 def test_classification_data_of_neither_shape_is_one_line(tmp_path, tiny_bert_dir):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 10)
-    r = run_cli("train", "--model", tiny_bert_dir, "--data", data, "--out", tmp_path / "run",
-                "--set", "model.task=classification")
+    r = call_cli("train", "--model", tiny_bert_dir, "--data", data, "--out", tmp_path / "run",
+                 "--set", "model.task=classification")
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "text" in lines[0] and "label" in lines[0] and "Traceback" not in r.stderr
