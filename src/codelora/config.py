@@ -110,14 +110,21 @@ class DataConfig:
     source: str = option(DEFAULT_DATASET, "Hub dataset id, local .json/.jsonl/.parquet/.csv file, or a directory "
                                           "written by `codelora data prepare`")
     fallback: str | None = option(None, "local file used (with a notice) only when the Hub is unreachable")
-    limit: int | None = option(None, "use only the first N rows, in file order", bounds=AT_LEAST_1, hint="; omit it to use all rows")
-    val_fraction: float = option(0.1, "share of the rows (by group of related rows) in the validation split", bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
-    test_fraction: float = option(0.1, "share of the rows (by group of related rows) in the test split", bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
-    max_length: int = option(512, "tokens per formatted example; longer rows are dropped and reported", bounds=Bounds(16))
-    max_chars: int = option(20000, "validation: rows longer than this (all fields together) are dropped", bounds=AT_LEAST_1)
-    max_drop_fraction: float = option(0.05, "fail when validation drops more than this share of the rows", bounds=FRACTION)
+    limit: int | None = option(None, "use only the first N rows, in file order",
+                               bounds=AT_LEAST_1, hint="; omit it to use all rows")
+    val_fraction: float = option(0.1, "share of the rows (by group of related rows) in the validation split",
+                                 bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
+    test_fraction: float = option(0.1, "share of the rows (by group of related rows) in the test split",
+                                  bounds=Bounds(0, 0.5, True, True), hint="; the default is 0.1")
+    max_length: int = option(512, "tokens per formatted example; longer rows are dropped and reported",
+                             bounds=Bounds(16))
+    max_chars: int = option(20000, "validation: rows longer than this (all fields together) are dropped",
+                            bounds=AT_LEAST_1)
+    max_drop_fraction: float = option(0.05, "fail when validation drops more than this share of the rows",
+                                      bounds=FRACTION)
     near_duplicate_threshold: float = option(0.9, "Jaccard similarity over token 3-shingles above which rows "
-                                                  "count as near duplicates and share a split", bounds=Bounds(0, 1, low_open=True))
+                                                  "count as near duplicates and share a split",
+                                             bounds=Bounds(0, 1, low_open=True))
     decontaminate: bool = option(False, "drop rows that share a 13-token span with a HumanEval prompt or solution")
     clean: CleanConfig = option(help="how answers are cleaned", factory=CleanConfig)
     categories: dict[str, list[str]] = option(help="keyword categories of instructions (report, classification)",
@@ -127,8 +134,10 @@ class DataConfig:
 @dataclass
 class LoraSettings:
     r: int = option(16, "rank of the update matrices", bounds=AT_LEAST_1, hint="; try 8 or 16")
-    alpha: float = option(32, "scaling numerator: the update is scaled by alpha / r", bounds=POSITIVE, hint="; a common choice is 2 * r")
-    dropout: float = option(0.0, "dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step", bounds=Bounds(0, 1, high_open=True))
+    alpha: float = option(32, "scaling numerator: the update is scaled by alpha / r",
+                          bounds=POSITIVE, hint="; a common choice is 2 * r")
+    dropout: float = option(0.0, "dropout on the LoRA input; 0 by default: it costs ~11% of a CPU step",
+                            bounds=Bounds(0, 1, high_open=True))
     target_modules: list[str] | str = option(help="module names to adapt, or 'all-linear'",
                                              factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: str = option("none", "which biases train", choices=("none", "all", "lora_only"))
@@ -171,7 +180,8 @@ class TrainConfig:
                                  "(the last K blocks of each block stack and the output head, e.g. top-2) or "
                                  "none (no training: the baseline)")
     epochs: int = option(1, "passes over the training split", bounds=AT_LEAST_1)
-    max_steps: int | None = option(None, "optimizer steps; when set it overrides epochs", bounds=AT_LEAST_1, hint="; omit it to train by epochs")
+    max_steps: int | None = option(None, "optimizer steps; when set it overrides epochs",
+                                   bounds=AT_LEAST_1, hint="; omit it to train by epochs")
     batch_size: int = option(8, "rows per micro-batch", bounds=AT_LEAST_1)
     grad_accum: int = option(1, "micro-batches per optimizer step", bounds=AT_LEAST_1)
     # It bounds activation memory (~1.8 MB per token for SmolLM2-135M): pieces of a micro-batch
@@ -180,16 +190,20 @@ class TrainConfig:
                                       f"{AUTO_BATCH_TOKENS['cpu']} on a CPU, {AUTO_BATCH_TOKENS['gpu']} on a GPU")
     lr: float = option(2e-4, "peak learning rate (AdamW)", bounds=POSITIVE, hint="; LoRA usually uses 1e-4 to 5e-4")
     weight_decay: float = option(0.0, "AdamW weight decay", bounds=NON_NEGATIVE)
-    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up from 0", bounds=Bounds(0, 1, high_open=True))
+    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up from 0",
+                                 bounds=Bounds(0, 1, high_open=True))
     scheduler: str = option("cosine", "learning-rate schedule after warm-up", choices=SCHEDULERS)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this", bounds=POSITIVE)
-    eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch", bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
+    eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch",
+                             bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
     precision: str = option("auto", "auto (bf16 on a GPU that has it, else fp32; never bf16 on a CPU: ~100x "
                                     "slower there), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
-    save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C", bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
-    keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes", bounds=AT_LEAST_1)
+    save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C",
+                             bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
+    keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes",
+                                   bounds=AT_LEAST_1)
 
     def batch_token_budget(self, device: str) -> int:
         """max_batch_tokens, with 0 (auto) resolved for `device`."""
@@ -208,7 +222,8 @@ class GenerateConfig:
     """How answers are decoded: by evaluation, `ask` and (as request defaults) `serve`."""
 
     max_new_tokens: int = option(256, "generation budget per answer, in tokens", bounds=AT_LEAST_1)
-    temperature: float = option(0.0, "0 = greedy (deterministic); above 0 samples", bounds=NON_NEGATIVE, hint=" (0 = greedy)")
+    temperature: float = option(0.0, "0 = greedy (deterministic); above 0 samples",
+                                bounds=NON_NEGATIVE, hint=" (0 = greedy)")
     top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens holding this probability "
                                 "(used only when sampling)", bounds=Bounds(0, 1, low_open=True))
 
@@ -216,7 +231,8 @@ class GenerateConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = option(16, "rows scored or prompts generated together", bounds=AT_LEAST_1)
-    limit: int | None = option(None, "generate for only the first N test rows / tasks (loss always uses all rows)", bounds=AT_LEAST_1)
+    limit: int | None = option(None, "generate for only the first N test rows / tasks (loss always uses all rows)",
+                               bounds=AT_LEAST_1)
     tasks: str | None = option(None, "`run` only: after the text metrics, pass@1 of base vs adapter on "
                                      "'humaneval' or a tasks JSONL file, by running the generated code in the "
                                      "sandbox (needs allow_code_execution)")
@@ -234,7 +250,8 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
     port: int = option(8000, "TCP port", bounds=Bounds(1, 65535))
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
-    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429", bounds=AT_LEAST_1)
+    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429",
+                            bounds=AT_LEAST_1)
     max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for", bounds=AT_LEAST_1)
     max_body_bytes: int = option(65536, "larger request bodies get 413", bounds=AT_LEAST_1)
     api_key: str | None = option(None, f"require this key (prefer the environment variable {API_KEY_ENV}; a flag "
