@@ -281,7 +281,7 @@ def cmd_ask(args) -> int:
     from codelora.serving.ask import ask
 
     values = given(args, ASK_FLAGS)
-    device = values.pop("train.device", None) or TrainConfig.device
+    device = validated(TrainConfig(device=values.pop("train.device", TrainConfig.device))).device
     ask(args.question, adapter=args.adapter, model=args.model, gen=section(GenerateConfig, values, "generate."),
         device=device, stream=True)
     return 0
