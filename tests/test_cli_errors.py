@@ -49,6 +49,7 @@ def test_eval_of_a_non_run(tmp_path):
     (["ask", "q", "--max-new-tokens", "0"], "generate.max_new_tokens must be at least 1, got 0"),
     (["ask", "q", "--top-p", "1.5"], "generate.top_p must be in (0, 1], got 1.5"),
     (["ask", "q", "--device", "gpu"], "train.device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
+    (["serve", "--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps; got 'tpu'"),
     (["serve", "--port", "70000"], "--port must be in [1, 65535], got 70000"),
     (["serve", "--host", "0.0.0.0"], "set an API key"),
     (["merge", "{tmp}", "--out", "{tmp}/m", "--max-kl", "nan"], "--max-kl must be at least 0, got nan"),

@@ -28,7 +28,7 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_wi
               "inverse_sqrt")
 # train.max_batch_tokens = 0 (auto): on a CPU 512 is no slower than more (measured); a GPU wants more.
 AUTO_BATCH_TOKENS = {"cpu": 512, "gpu": 16384}
-DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+DEVICES = (r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, cuda, cuda:N or mps")  # (pattern, what it allows)
 API_KEY_ENV = "CODELORA_API_KEY"
 
 
@@ -58,13 +58,19 @@ FRACTION = Bounds(0, 1)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           bounds: Bounds | None = None, hint: str = "", factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text (shown by --help), and what values it allows: `choices`
-    or numeric `bounds` (checked when the config is parsed; `hint` is added to the error)."""
-    meta = {"help": help, "choices": choices, "bounds": bounds, "hint": hint}
+           bounds: Bounds | None = None, pattern: tuple[str, str] | None = None, hint: str = "",
+           factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by --help), and what values it allows: `choices`,
+    numeric `bounds` or a (regex, description) `pattern`, checked when the config is parsed;
+    `hint` is added to the error."""
+    meta = {"help": help, "choices": choices, "bounds": bounds, "pattern": pattern, "hint": hint}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def device_option(default: str) -> Any:
+    return option(default, "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps", pattern=DEVICES)
 
 
 @dataclass
@@ -196,7 +202,7 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "clip the gradient norm to this", bounds=POSITIVE)
     eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch",
                              bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
-    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
+    device: str = device_option("auto")
     precision: str = option("auto", "auto (bf16 on a GPU that has it, else fp32; never bf16 on a CPU: ~100x "
                                     "slower there), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
@@ -211,8 +217,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_method(self.method)
-        if not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.max_batch_tokens and self.max_batch_tokens < 16:
             raise ConfigError(f"train.max_batch_tokens must be 0 (auto) or at least 16, got {self.max_batch_tokens}")
 
@@ -249,7 +253,7 @@ class ServeConfig:
 
     host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
     port: int = option(8000, "TCP port", bounds=Bounds(1, 65535))
-    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps")
+    device: str = device_option("auto")
     max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429",
                             bounds=AT_LEAST_1)
     max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for", bounds=AT_LEAST_1)
@@ -260,8 +264,6 @@ class ServeConfig:
     lazy: bool = option(False, "load adapters on first use instead of at start")
 
     def validate(self) -> None:
-        if not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError(f"the API key is too short ({len(self.api_key)} characters); use at least 8")
 
@@ -273,11 +275,7 @@ class MergeConfig:
     max_abs_diff: float = option(1e-3, "largest allowed |merged - adapter| logit on the probe prompts "
                                        "(fp32 merges differ by ~1e-4 at most)", bounds=NON_NEGATIVE)
     max_kl: float = option(1e-5, "largest allowed KL(adapter || merged) per position", bounds=NON_NEGATIVE)
-    device: str = option("cpu", "cpu, cuda, cuda:N, mps or auto")
-
-    def validate(self) -> None:
-        if not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+    device: str = device_option("cpu")
 
 
 @dataclass
@@ -325,6 +323,9 @@ def check_fields(section: Any, prefix: str | None = None) -> None:
         bounds = meta.get("bounds")
         if bounds and value is not None and not bounds.holds(value):
             raise ConfigError(f"{where} must be {bounds.text()}, got {value}{meta.get('hint', '')}")
+        pattern = meta.get("pattern")
+        if pattern and value is not None and not re.fullmatch(pattern[0], value):
+            raise ConfigError(f"{where} must be {pattern[1]}; got {value!r}")
 
 
 def validated(section: Any, prefix: str | None = None) -> Any:

@@ -153,7 +153,7 @@ def _read_csv(path: Path) -> RawRecords:
                 else:
                     raw.records.append(row)
                     raw.refs.append(i)
-        except csv.Error as e:  # e.g. a NUL byte or a field over the size limit: the reader cannot go on
+        except csv.Error as e:  # e.g. a field over the csv size limit: the reader cannot go on
             raise DataError(f"{path}: malformed CSV near line {reader.line_num + 1} ({e})") from None
     return raw
 

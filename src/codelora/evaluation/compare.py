@@ -20,11 +20,11 @@ import torch
 
 from codelora.config import EvalConfig, GenerateConfig, RunConfig
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
-from codelora.models.generate import generate_answers
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
-from codelora.training.loss import validation_loss
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
+from codelora.models.generate import generate_answers
+from codelora.training.loss import validation_loss
 
 METRICS = [  # key, label, higher is better
     ("eval_loss", "eval loss (answer tokens)", False),

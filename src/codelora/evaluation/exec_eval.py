@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from codelora.console import say
 from codelora.config import EvalConfig, GenerateConfig, ModelConfig
+from codelora.console import say
 from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
-from codelora.models.generate import generate_answers
 from codelora.evaluation.sandbox import Limits, isolation
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
+from codelora.models.generate import generate_answers
 
 EXECUTION_FLAG_MESSAGE = (
     "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "

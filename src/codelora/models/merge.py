@@ -108,7 +108,8 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
     effect = compare_logits(base_logits, adapter_logits)
     _, merged_params = count_parameters(merged)
     report = {
-        "adapter": str(run_dir), "base_model": source.to_dict(), "thresholds": {"max_abs_diff": mc.max_abs_diff, "max_kl": mc.max_kl},
+        "adapter": str(run_dir), "base_model": source.to_dict(),
+        "thresholds": {"max_abs_diff": mc.max_abs_diff, "max_kl": mc.max_kl},
         "parity": stats, "adapter_vs_base": {"max_abs_diff": effect["max_abs_diff"], "mean_kl": effect["mean_kl"]},
         "parameters": {"base": base_params, "merged": merged_params},
     }
