@@ -53,7 +53,7 @@ def test_eval_of_a_non_run(tmp_path):
     (["serve", "--port", "70000"], "--port must be in [1, 65535], got 70000"),
     (["serve", "--host", "0.0.0.0"], "set an API key"),
     (["merge", "{tmp}", "--out", "{tmp}/m", "--max-kl", "nan"], "--max-kl must be at least 0, got nan"),
-    (["eval", "--tasks", "{tmp}/t.jsonl", "--samples", "0"], "eval.samples must be at least 1"),
+    (["eval", "--tasks", "{tmp}/t.jsonl", "--samples", "0"], "eval.samples must be in [1, 1000], got 0"),
     (["train", "--set", "train.scheduler=cosine_annealing"], "train.scheduler must be one of cosine"),
     (["train", "--method", "top-0"], "train.method must be lora, full, top-K"),
 ])

@@ -46,7 +46,8 @@ def test_nested_values_parse_and_coerce():
     ({"train": {"device": "gpu"}}, "train.device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
     ({"train": {"precision": "fp16"}}, "train.precision must be one of auto, fp32, bf16"),
     ({"model": {"task": "vision"}}, "model.task must be one of"),
-    ({"eval": {"samples": 0}}, "eval.samples must be at least 1"),
+    ({"eval": {"samples": 0}}, "eval.samples must be in [1, 1000], got 0"),
+    ({"eval": {"samples": 10**23}}, "eval.samples must be in [1, 1000]"),
     ({"data": {"clean": {"strip_fences": "yes"}}}, "data.clean.strip_fences must be bool"),
     ({"model": "x"}, "model must be a mapping"),
 ])
@@ -74,6 +75,16 @@ def test_flags_override_an_empty_yaml_section():
 
 
 def test_config_file_errors(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train:\n  lr: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config_file(deep)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_assignment("train.lr=" + "[" * 100_000)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"out: caf\xe9\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config_file(latin)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config_file(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"

@@ -242,7 +242,8 @@ class EvalConfig:
                                      "sandbox (needs allow_code_execution)")
     tasks_limit: int | None = option(None, "only the first N of eval.tasks", bounds=AT_LEAST_1)
     allow_code_execution: bool = option(False, "allow running model-generated code (each sample a sandboxed process)")
-    samples: int = option(1, "answers per task for pass@k (k <= samples); 1 = one greedy answer", bounds=AT_LEAST_1)
+    samples: int = option(1, "answers per task for pass@k (k <= samples); 1 = one greedy answer",
+                          bounds=Bounds(1, 1000))
     sample_temperature: float = option(0.8, "sampling temperature when samples > 1", bounds=POSITIVE)
     timeout: float = option(10.0, "seconds a sample may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
 
@@ -445,6 +446,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {p} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {p} is nested too deeply to read") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}")
     return data or {}
@@ -472,6 +477,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}=...: the value is nested too deeply to read") from None
     return key.strip(), value
 
 
