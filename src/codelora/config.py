@@ -255,8 +255,9 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
     port: int = option(8000, "TCP port", bounds=Bounds(1, 65535))
     device: str = device_option("auto")
-    max_queue: int = option(8, "requests admitted at once (1 running + the rest waiting); more get 429",
-                            bounds=AT_LEAST_1)
+    max_batch: int = option(16, "sequences decoded together in one batch (continuous batching); more wait",
+                            bounds=Bounds(1, 256))
+    max_queue: int = option(64, "requests admitted at once (running + waiting); more get 429", bounds=AT_LEAST_1)
     max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for", bounds=AT_LEAST_1)
     max_body_bytes: int = option(65536, "larger request bodies get 413", bounds=AT_LEAST_1)
     api_key: str | None = option(None, f"require this key (prefer the environment variable {API_KEY_ENV}; a flag "

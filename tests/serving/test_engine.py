@@ -8,7 +8,8 @@ import torch
 
 from adapters_helpers import save_other_base_model, save_plain_peft
 from codelora.config import GenerateConfig, ModelConfig
-from codelora.serving.engine import AdapterLoadError, ContextLengthError, Engine
+from codelora.serving.adapters import AdapterLoadError
+from codelora.serving.engine import ContextLengthError, Engine, Request
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
 QUESTION = "Write a Python function add2(x) that applies + 2 to x."
@@ -60,17 +61,41 @@ def _reference(tiny_model_dir, adapter_dir, ids, n):
 
 def test_switching_adapters_gives_each_adapters_own_output(engine, registry, tiny_model_dir):
     ids = engine.question_ids(QUESTION)
-    base1 = engine.generate(ids, None, GenerateConfig(12))
-    a1 = engine.generate(ids, "a", GenerateConfig(12))
-    b1 = engine.generate(ids, "b.v2", GenerateConfig(12))
-    base2 = engine.generate(ids, None, GenerateConfig(12))
-    a2 = engine.generate(ids, "a", GenerateConfig(12))
+    base1 = engine.generate(Request(ids, None, GenerateConfig(12)))
+    a1 = engine.generate(Request(ids, "a", GenerateConfig(12)))
+    b1 = engine.generate(Request(ids, "b.v2", GenerateConfig(12)))
+    base2 = engine.generate(Request(ids, None, GenerateConfig(12)))
+    a2 = engine.generate(Request(ids, "a", GenerateConfig(12)))
     assert base1.token_ids == base2.token_ids == _reference(tiny_model_dir, None, ids, 12)
     assert a1.token_ids == a2.token_ids == _reference(tiny_model_dir, registry / "a", ids, 12)
     assert b1.token_ids == _reference(tiny_model_dir, registry / "b.v2", ids, 12)
     assert a1.token_ids != base1.token_ids and b1.token_ids != a1.token_ids  # the adapters really act
-    assert set(engine.adapters) >= {"a", "b.v2"} and a1.model == "a" and base1.model == "base"
-    assert engine.adapters["a"].peft_name != engine.adapters["b.v2"].peft_name
+    loaded = engine.adapters.loaded
+    assert set(loaded) >= {"a", "b.v2"} and a1.model == "a" and base1.model == "base"
+    assert loaded["a"].peft_name != loaded["b.v2"].peft_name
+
+
+def test_requests_on_different_adapters_share_one_batch(engine, registry, tiny_model_dir):
+    """Submitted together, base and two adapters decode in the same steps and still give each
+    one's own greedy tokens (plain transformers + peft, one at a time, is the reference)."""
+    ids = engine.question_ids(QUESTION)
+    names = [None, "a", "b.v2", "a", None, "b.v2"]
+    for name in names:  # attach first, so that all six are queued before the first step
+        engine.adapters.get(name) if name else None
+    import threading
+
+    ends, widest = threading.Event(), []
+    seqs = []
+    def watch(seq, piece):
+        widest.append(len(engine.batcher.running))
+        if all(s.done for s in seqs) and len(seqs) == len(names):
+            ends.set()
+    with engine._wake:  # hold the engine thread back until all are queued
+        seqs += [engine.submit(Request(ids, n, GenerateConfig(12)), watch) for n in names]
+    ends.wait(60)
+    refs = {n: _reference(tiny_model_dir, registry / n if n else None, ids, 12) for n in set(names)}
+    assert [s.tokens for s in seqs] == [refs[n] for n in names]
+    assert max(widest) == len(names)  # all in one batch
 
 
 def _lora_module_count(engine):
@@ -81,28 +106,28 @@ def _lora_module_count(engine):
                                            ("unlabelled", "does not fit this base model"),
                                            ("nan", "NaN/Inf")])
 def test_refused_adapters_leave_the_model_untouched(engine, name, message):
-    engine.adapter("a")
+    engine.adapters.get("a")
     before = _lora_module_count(engine)
     with pytest.raises(AdapterLoadError, match=message):
-        engine.adapter(name)
+        engine.adapters.get(name)
     assert _lora_module_count(engine) == before
-    assert name not in engine.adapters and message.split()[0] in engine.failed[name]
-    assert engine.generate(engine.question_ids(QUESTION), "a", GenerateConfig(4)).completion_tokens >= 1  # still serving
+    assert name not in engine.adapters.loaded and message.split()[0] in engine.adapters.failed[name]
+    assert engine.generate(Request(engine.question_ids(QUESTION), "a", GenerateConfig(4))).completion_tokens >= 1
 
 
 def test_context_length_is_checked_before_generating(engine):
     ids = engine.question_ids(QUESTION)
     with pytest.raises(ContextLengthError, match=f"lower max_new_tokens to {512 - len(ids)}"):
-        engine.generate(ids, None, GenerateConfig(512))
+        engine.generate(Request(ids, None, GenerateConfig(512)))
     with pytest.raises(ContextLengthError, match="shorten the prompt"):
-        engine.generate(list(range(5)) * 110, None, GenerateConfig(10))
+        engine.generate(Request(list(range(5)) * 110, None, GenerateConfig(10)))
 
 
 def test_without_a_registry_adapters_are_unknown(tiny_model_dir):
     engine = Engine(ModelConfig(name=str(tiny_model_dir)), None, "cpu")
     with pytest.raises(UnknownAdapterError, match="without --adapters"):
-        engine.generate(engine.question_ids(QUESTION), "a", GenerateConfig(4))
-    assert engine.generate(engine.question_ids(QUESTION), None, GenerateConfig(3)).completion_tokens <= 3
+        engine.generate(Request(engine.question_ids(QUESTION), "a", GenerateConfig(4)))
+    assert engine.generate(Request(engine.question_ids(QUESTION), None, GenerateConfig(3))).completion_tokens <= 3
 
 
 def test_ask_refuses_an_adapter_of_another_base(registry, tiny_model_dir):

@@ -1,8 +1,10 @@
-"""Batched decoding with the KV cache, stopping at the end-of-turn token: used by evaluation,
-`ask` and the server alike, with the settings of `GenerateConfig`.
+"""Answers for many questions at once, stopping at the end-of-turn token: used by evaluation and
+`ask`, with the settings of `GenerateConfig`.
 
-Prompts are sorted by length and left-padded, so one batch holds prompts of similar length;
-answers come back in the order of the questions.
+Causal LMs go through the continuous batcher (`models/batcher.py`): prompts are fed shortest
+first, at most `batch_size` run together, and a finished answer frees its slot at once.
+Encoder-decoder models use transformers' `generate` on static, length-sorted, left-padded batches.
+Answers come back in the order of the questions.
 """
 
 from __future__ import annotations
@@ -39,19 +41,32 @@ def decoding_kwargs(fmt, gen: GenerateConfig) -> dict:
 
 @torch.inference_mode()
 def generate_answers(model, fmt, questions: list[str], gen: GenerateConfig, batch_size: int, device: str,
-                     streamer=None) -> list[str]:
-    """Greedy answers (temperature 0), or sampled ones (seed torch first for repeatability)."""
-    tok = fmt.tok
+                     on_update=None, seed: int | None = None) -> list[str]:
+    """Greedy answers (temperature 0), or sampled ones (seeded per question from `seed` when given,
+    else from torch's generator: seed torch first for repeatability). `on_update(seq, piece)`
+    receives each piece of text as it is generated (causal LMs)."""
+    model.eval()
     prompts = [fmt.prompt_ids(q) for q in questions]
+    if getattr(model.config, "is_encoder_decoder", False):
+        return _static_batches(model, fmt, prompts, gen, batch_size, device)
+    from codelora.models.batcher import Batcher, Sequence
+
+    base_seed = seed if seed is not None else (int(torch.randint(0, 2**62, (1,))) if gen.temperature > 0 else 0)
+    seqs = [Sequence(p, gen, seed=base_seed + i, on_update=on_update) for i, p in enumerate(prompts)]
+    order = sorted(range(len(seqs)), key=lambda i: len(prompts[i]))
+    Batcher(model, fmt.tok, fmt.stop_ids, batch_size, device).run([seqs[i] for i in order])
+    return [s.text for s in seqs]
+
+
+def _static_batches(model, fmt, prompts: list[list[int]], gen: GenerateConfig, batch_size: int,
+                    device: str) -> list[str]:
+    tok = fmt.tok
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
-    model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = _left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
-        out = model.generate(**enc, streamer=streamer, **decoding_kwargs(fmt, gen))
-        # a decoder returns prompt + answer; an encoder-decoder only the decoder's tokens
-        new = out if getattr(model.config, "is_encoder_decoder", False) else out[:, enc["input_ids"].shape[1]:]
-        for row, i in zip(new, idx):
+        out = model.generate(**enc, **decoding_kwargs(fmt, gen))  # an encoder-decoder returns only the decoder's tokens
+        for row, i in zip(out, idx):
             answers[i] = tok.decode(row, skip_special_tokens=True).strip()
     return answers

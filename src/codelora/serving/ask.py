@@ -39,12 +39,12 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, gen
         check_same_base(adapter_dir, source)  # --model and an adapter trained on another base
     net = load_adapter(base, adapter_dir) if adapter_dir else base
     fmt = PromptFormat(tokenizer)
-    streamer = None
+    (answer,) = generate_answers(net, fmt, [question], gen, 1, dev, on_update=_print_piece if stream else None)
     if stream:
-        from transformers import TextStreamer
-
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    (answer,) = generate_answers(net, fmt, [question], gen, 1, dev, streamer=streamer)
-    if stream:
-        sys.stdout.flush()
+        print(flush=True)
     return answer
+
+
+def _print_piece(seq, piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()

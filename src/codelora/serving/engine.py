@@ -1,33 +1,44 @@
-"""One base model in memory, adapters attached to it once and switched per request.
+"""One base model in memory, its adapters, and the thread that runs the continuous batcher.
 
-The first adapter wraps the base in a peft PeftModel; later ones are added next to it. A
-request for the base runs under `disable_adapter()`, a request for an adapter after
-`set_adapter()`: switching is a flag flip, not a weight copy. Generation holds a lock because
-the active adapter is global state of the model; the HTTP layer feeds it from one worker thread.
+Requests from any thread are turned into batcher Sequences (`submit`) and decoded together by
+one engine thread, each row with its own adapter (or the base) in the same forward pass. The
+engine thread owns the model: everything that changes it (attaching or deleting an adapter)
+is queued to run there between two decode steps (`on_engine_thread`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from codelora.config import GenerateConfig, ModelConfig, ServeConfig
 from codelora.data.prompts import PromptFormat
-from codelora.errors import CodeloraError, ModelError
-from codelora.models.generate import decoding_kwargs
-from codelora.models.adapters import check_finite, check_same_base, check_shapes
+from codelora.errors import CodeloraError
+from codelora.models.batcher import BASE, Batcher, Sequence
+from codelora.serving.adapters import AdapterSet
 from codelora.serving.registry import AdapterRegistry
+
+log = logging.getLogger("codelora.serve")
 
 
 class ContextLengthError(CodeloraError):
     """The prompt plus the tokens asked for do not fit the model's context (HTTP 400)."""
 
 
-class AdapterLoadError(CodeloraError):
-    """The adapter exists but cannot serve on this base (HTTP 409)."""
+@dataclass
+class Request:
+    """What a client asks for: prompt token ids, the adapter (None: the base) and decoding."""
+
+    ids: list[int]
+    adapter: str | None = None
+    gen: GenerateConfig = field(default_factory=GenerateConfig)
+    seed: int | None = None
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    strip: bool = True  # False for raw completions: whitespace is part of the continuation
 
 
 @dataclass
@@ -36,97 +47,48 @@ class Generation:
     model: str  # "base" or the adapter's name
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop": the model ended its turn; "length": max_new_tokens reached
+    finish_reason: str  # "stop": end of turn or a stop string; "length": max_new_tokens reached; "cancelled"
     seconds: float
-    token_ids: list[int] = field(default_factory=list)  # the generated tokens, as the model produced them
-
-
-@dataclass
-class LoadedAdapter:
-    name: str
-    path: Path
-    peft_name: str  # peft's key for it (registry names may hold '.', which torch module keys cannot)
-    load_seconds: float
-    info: dict = field(default_factory=dict)
+    token_ids: list[int]
 
 
 class Engine:
-    def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = ServeConfig.device):
+    def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = ServeConfig.device,
+                 max_batch: int = ServeConfig.max_batch):
         from codelora.models.sources import load_base, pick_device
 
         self.device = pick_device(device)
         self.base, self.tokenizer, self.source = load_base(model_cfg, self.device)
+        self.model = self.base  # a PeftModel once the first adapter is attached
         self.fmt = PromptFormat(self.tokenizer)
-        self.registry = registry
-        self.model = self.base  # a PeftModel once the first adapter is loaded
-        self.adapters: dict[str, LoadedAdapter] = {}
-        self.failed: dict[str, str] = {}  # adapters that cannot serve here, with the reason
         self.context_length = getattr(self.base.config, "max_position_embeddings", None)
-        self._lock = threading.RLock()
+        self.batcher = Batcher(self.base, self.tokenizer, self.fmt.stop_ids, max_batch, self.device)
+        self.adapters = AdapterSet(registry, self.on_engine_thread, self._attach, self._detach, self.base, self.source)
+        self.completed = 0
+        self._retired: set[str] = set()  # peft names unloaded, to delete once unused
+        self._commands: list[tuple] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="codelora-engine", daemon=True)
+        self._thread.start()
 
     @property
     def base_name(self) -> str:
         return self.source.name
 
-    # -- adapters ---------------------------------------------------------------------------
-    def adapter(self, name: str) -> LoadedAdapter:
-        """The loaded adapter `name`, loading it on first use. Raises the registry's name errors,
-        or AdapterLoadError when it was trained on another base or is damaged."""
-        if self.registry is None:
-            from codelora.serving.registry import UnknownAdapterError
+    @property
+    def registry(self) -> AdapterRegistry | None:
+        return self.adapters.registry
 
-            raise UnknownAdapterError(f"unknown adapter {name!r}: this server was started without --adapters")
-        entry = self.registry.resolve(name)
-        with self._lock:
-            if name in self.adapters:
-                return self.adapters[name]
-            t0 = time.perf_counter()
-            try:
-                check_same_base(entry.path, self.source, name)
-                check_shapes(entry.path, self.base, name)
-                check_finite(entry.path)
-                from codelora.models.lora import load_adapter
-
-                peft_name = f"adapter{len(self.adapters)}"
-                self.model = load_adapter(self.model, entry.path, adapter_name=peft_name)
-            except ModelError as e:
-                self.failed[name] = str(e)
-                raise AdapterLoadError(str(e)) from None
-            self.failed.pop(name, None)
-            loaded = LoadedAdapter(name, entry.path, peft_name, time.perf_counter() - t0, _adapter_info(entry.path))
-            self.adapters[name] = loaded
-            return loaded
-
-    def preload(self) -> list[str]:
-        """Load every adapter in the registry now; returns the problems (one line each)."""
-        problems = []
-        for name in self.registry.names() if self.registry else []:
-            try:
-                self.adapter(name)
-            except CodeloraError as e:
-                problems.append(str(e))
-        return problems
-
-    @contextlib.contextmanager
-    def activated(self, adapter: str | None):
-        """Run the model as the base (adapter None) or as `adapter`."""
-        with self._lock:
-            if adapter is None:
-                ctx = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
-                with ctx:
-                    yield self.model
-            else:
-                peft_name = self.adapter(adapter).peft_name  # first: loading may wrap self.model
-                if self.model.active_adapter != peft_name:  # set_adapter walks every module: skip when set
-                    self.model.set_adapter(peft_name)
-                yield self.model
-
-    # -- prompts and generation -------------------------------------------------------------
+    # -- requests -----------------------------------------------------------------------------
     def question_ids(self, question: str) -> list[int]:
         return self.fmt.prompt_ids(question)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return self.fmt.chat_prompt_ids(messages)
+
+    def raw_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if self.context_length and prompt_tokens + max_new_tokens > self.context_length:
@@ -136,40 +98,104 @@ class Engine:
                 f"prompt is {prompt_tokens} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
                 f"context of {self.context_length} tokens: {hint}")
 
-    def generate(self, ids: list[int], adapter: str | None = None, gen: GenerateConfig | None = None,
-                 seed: int | None = None, min_new_tokens: int | None = None) -> Generation:
-        """Answer one prompt: greedy at temperature 0, else sampled (seeded when `seed` is given)."""
-        import torch
+    def submit(self, req: Request, on_update=None) -> Sequence:
+        """Queue `req` for the batch; `on_update(seq, piece)` is called on the engine thread with each
+        piece of text and once at the end. Loads the adapter first if needed (blocking: call from a
+        worker thread). Raises the adapter and context errors before anything is queued."""
+        if not req.ids:
+            raise ContextLengthError("the prompt is empty after tokenization")
+        self.check_fits(len(req.ids), req.gen.max_new_tokens)
+        loaded = self.adapters.get(req.adapter) if req.adapter is not None else None
+        seq = Sequence(req.ids, req.gen, adapter=None, seed=req.seed, min_new_tokens=req.min_new_tokens,
+                       stop=req.stop, strip=req.strip, exclusive=bool(loaded and loaded.exclusive), on_update=on_update,
+                       label=req.adapter or "base")
+        with self._wake:
+            seq.adapter = loaded.peft_name if loaded else (BASE if self.model is not self.base else None)
+            self.batcher.add(seq)
+            self._wake.notify()
+        return seq
 
-        gen = gen or GenerateConfig()
-        self.check_fits(len(ids), gen.max_new_tokens)
-        with self.activated(adapter) as model, torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
-            t0 = time.perf_counter()
-            input_ids = torch.tensor([ids], device=self.device)
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                 min_new_tokens=min_new_tokens, **decoding_kwargs(self.fmt, gen))
-            seconds = time.perf_counter() - t0
-        new = out[0, len(ids):].tolist()
-        stopped = bool(new) and new[-1] in self.fmt.stop_ids
-        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-        return Generation(text, adapter or "base", len(ids), len(new), "stop" if stopped else "length", seconds,
-                          new)
+    def generate(self, req: Request) -> Generation:
+        """Answer one request, blocking until it ends (tests, scripts)."""
+        done = threading.Event()
+        seq = self.submit(req, lambda s, piece: done.set() if s.done else None)
+        done.wait()
+        return self.result(seq)
 
+    def result(self, seq: Sequence) -> Generation:
+        end = seq.ended_at or time.perf_counter()
+        return Generation(seq.text, seq.label, len(seq.prompt), len(seq.tokens), seq.finish_reason,
+                          end - seq.added_at, list(seq.tokens))
 
-def _adapter_info(path: Path) -> dict:
-    import json
+    def counts(self) -> dict:
+        return {"running": len(self.batcher.running), "queued": len(self.batcher.waiting),
+                "max_batch": self.batcher.max_batch}
 
-    try:
-        cfg = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    targets = cfg.get("target_modules")
-    return {
-        "r": cfg.get("r"),
-        "alpha": cfg.get("lora_alpha"),
-        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-        "size_bytes": (path / "adapter_model.safetensors").stat().st_size,
-        "base_model": cfg.get("base_model_name_or_path"),
-    }
+    # -- the engine thread --------------------------------------------------------------------
+    def on_engine_thread(self, fn):
+        """Run `fn()` on the engine thread between two steps and return its result (or raise)."""
+        future: Future = Future()
+        with self._wake:
+            self._commands.append((fn, future))
+            self._wake.notify()
+        return future.result()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._commands or self.batcher.busy or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                commands, self._commands = self._commands, []
+            for fn, future in commands:
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to the caller's thread
+                    future.set_exception(e)
+            if self.batcher.busy:
+                self._step()
+            self._delete_retired()
+
+    def _step(self) -> None:
+        before = len(self.batcher.running) + len(self.batcher.waiting)
+        try:
+            self.batcher.step()
+        except Exception:  # a bug or an environment failure: every sequence ends, the server keeps serving
+            log.exception("decode step failed; ending the batch")
+            self.batcher.abort("error")
+        after = len(self.batcher.running) + len(self.batcher.waiting)
+        self.completed += max(0, before - after)
+
+    # -- adapters (engine thread) -------------------------------------------------------------
+    def _attach(self, path, peft_name: str) -> None:
+        from codelora.models.lora import load_adapter
+
+        with self._wake:  # submit() reads self.model to name base rows
+            wrapped = self.model is self.base
+            self.model = load_adapter(self.model, path, adapter_name=peft_name)
+            self.model.eval()
+            self.batcher.model = self.model
+            if wrapped:  # rows queued for "the model as it is" are base rows from now on
+                for seq in self.batcher.running + list(self.batcher.waiting):
+                    seq.adapter = seq.adapter or BASE
+
+    def _detach(self, peft_name: str) -> None:
+        with self._wake:
+            self._retired.add(peft_name)
+            self._wake.notify()
+
+    def _delete_retired(self) -> None:
+        in_use = {s.adapter for s in self.batcher.running} | {s.adapter for s in list(self.batcher.waiting)}
+        with self._wake:
+            unused = sorted(self._retired - in_use)
+        for name in unused:
+            self.model.delete_adapter(name)
+            self._retired.discard(name)
+            log.info("adapter weights %s deleted", name)

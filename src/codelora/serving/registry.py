@@ -32,6 +32,11 @@ class AdapterEntry:
     path: Path  # real path, inside the registry root
 
 
+def check_name(name) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise AdapterNameError(f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-'")
+
+
 class AdapterRegistry:
     def __init__(self, root: str | Path):
         root = Path(root).expanduser()
@@ -41,13 +46,26 @@ class AdapterRegistry:
 
     def resolve(self, name: str) -> AdapterEntry:
         """The adapter called `name`, or AdapterNameError / UnknownAdapterError; reads nothing else."""
-        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-            raise AdapterNameError(f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-'")
+        check_name(name)
         real = Path(os.path.realpath(self.root / name))
         if real.parent != self.root and self.root not in real.parents:
             raise AdapterNameError(f"adapter {name!r} leads outside the adapter directory; refused")
         if not is_adapter_dir(real):
             raise UnknownAdapterError(f"unknown adapter {name!r}; GET /v1/adapters lists the available ones")
+        return AdapterEntry(name, real)
+
+    def resolve_path(self, name: str, path: str) -> AdapterEntry:
+        """The adapter folder `path` (absolute, or relative to the root) served as `name`: the
+        folder must lie inside the root once symlinks are followed, like names."""
+        check_name(name)
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise AdapterNameError("lora_path must be a folder inside the adapter directory")
+        real = Path(os.path.realpath(self.root / Path(path).expanduser()))
+        if real != self.root and self.root not in real.parents:
+            raise AdapterNameError(f"lora_path {path!r} lies outside the adapter directory {self.root}; refused")
+        if not is_adapter_dir(real):
+            raise UnknownAdapterError(f"lora_path {path!r} is not an adapter folder (no adapter_config.json and "
+                                      f"adapter_model.safetensors)")
         return AdapterEntry(name, real)
 
     def names(self) -> list[str]:

@@ -45,7 +45,7 @@ def serve(adapters: str | None, settings: ServeConfig, model: str | None = None)
     """Serve the base model (`model`, else the adapters' base) and the adapter folders in `adapters`."""
     import uvicorn
 
-    from codelora.serving.api import create_app
+    from codelora.serving.app import create_app
     from codelora.serving.engine import Engine
     from codelora.serving.registry import AdapterRegistry
 
@@ -55,12 +55,12 @@ def serve(adapters: str | None, settings: ServeConfig, model: str | None = None)
     registry = AdapterRegistry(adapters) if adapters else None
     logging.basicConfig(level=logging.INFO, format="codelora: %(message)s", stream=sys.stderr)
     log = logging.getLogger("codelora.serve")
-    engine = Engine(pick_base(model, registry), registry, settings.device)
+    engine = Engine(pick_base(model, registry), registry, settings.device, settings.max_batch)
     log.info("base model %s (%s) on %s", engine.base_name, engine.source.kind, engine.device)
     if registry:
-        for problem in engine.preload() if not settings.lazy else []:
+        for problem in engine.adapters.load_all() if not settings.lazy else []:
             log.warning("not serving: %s", problem)
-        log.info("adapters in %s: %s", registry.root, ", ".join(sorted(engine.adapters)) or "none loaded")
+        log.info("adapters in %s: %s", registry.root, ", ".join(sorted(engine.adapters.loaded)) or "none loaded")
         usable = set(registry.names())
         skipped = [p.name for p in registry.root.iterdir() if p.name not in usable]
         if skipped:

@@ -1,0 +1,81 @@
+"""codelora's own API: liveness and load, the adapter registry, and a plain question endpoint.
+
+    GET  /health        base model, device, running / queued sequences, admission (no key needed)
+    GET  /v1/adapters   the registry's adapters and the loaded ones (with r, targets, size, errors)
+    POST /v1/generate   {prompt, adapter?, max_new_tokens?, temperature?, top_p?, seed?, stop?}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from codelora.config import GenerateConfig
+from codelora.serving.engine import Request as EngineRequest
+from codelora.serving.errors import ApiError, read_body
+from codelora.serving.schemas import DEFAULTS, GenerateRequest
+from codelora.serving.state import ServerState, server_state
+from codelora.serving.streams import Stream
+
+router = APIRouter(tags=["codelora"])
+
+
+@router.get("/health")
+async def health(st: ServerState = Depends(server_state)):
+    engine = st.engine
+    counts = engine.counts()
+    return {"status": "ok", "base_model": engine.base_name, "device": engine.device,
+            "context_length": engine.context_length, "adapters_loaded": sorted(engine.adapters.loaded),
+            "running": counts["running"], "queued": counts["queued"],
+            "queue": {"admitted": st.admission.admitted, "limit": st.admission.limit, "refused": st.admission.refused,
+                      "max_batch": counts["max_batch"]},
+            "completed": engine.completed, "auth_required": bool(st.settings.api_key),
+            "max_new_tokens_limit": st.settings.max_new_tokens_limit, "defaults": dataclasses.asdict(DEFAULTS)}
+
+
+@router.get("/v1/adapters")
+async def adapters(st: ServerState = Depends(server_state)):
+    engine = st.engine
+    loaded, failed = engine.adapters.loaded, engine.adapters.failed
+    items = []
+    for name in sorted(set(engine.registry.names() if engine.registry else []) | set(loaded)):
+        item = {"name": name, "loaded": name in loaded}
+        if name in loaded:
+            item |= loaded[name].info | {"load_seconds": round(loaded[name].load_seconds, 3)}
+        if name in failed:
+            item["error"] = failed[name]
+        items.append(item)
+    return {"base_model": engine.base_name, "adapters": items}
+
+
+@router.post("/v1/generate")
+async def generate(request: Request, st: ServerState = Depends(server_state)):
+    body: GenerateRequest = await read_body(request, GenerateRequest)
+    if body.max_new_tokens > st.settings.max_new_tokens_limit:
+        raise ApiError(422, f"max_new_tokens: {body.max_new_tokens} is above this server's limit of "
+                            f"{st.settings.max_new_tokens_limit}", "max_new_tokens")
+    if body.min_new_tokens > body.max_new_tokens:
+        raise ApiError(422, f"min_new_tokens: {body.min_new_tokens} is above max_new_tokens {body.max_new_tokens}",
+                       "min_new_tokens")
+    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    req = EngineRequest(st.engine.question_ids(body.prompt), body.adapter,
+                        GenerateConfig(body.max_new_tokens, body.temperature, body.top_p), body.seed,
+                        body.min_new_tokens, tuple(s for s in stops if s))
+    request_id = uuid.uuid4().hex[:12]
+    with st.admission.slot():
+        stream = Stream()
+        seq = await stream.start(st.engine, req)
+        finished = await stream.finished(request)
+    g = st.engine.result(seq)
+    st.log_request("generate", g, body.prompt, request_id)
+    if not finished:
+        return Response(status_code=204)
+    if g.finish_reason == "error":
+        raise ApiError(500, "generation failed; see the server log")
+    return {"id": request_id, "text": g.text, "model": g.model, "base_model": st.engine.base_name,
+            "finish_reason": g.finish_reason, "seconds": round(g.seconds, 3),
+            "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens},
+            "tokens_per_s": round(g.completion_tokens / g.seconds, 2) if g.seconds > 0 else None}
