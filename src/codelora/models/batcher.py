@@ -93,6 +93,7 @@ class Batcher:
         self.mask: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None  # real tokens in the cache per row (the next position)
         self.row_ops = kv_cache.config_supports_row_ops(model.config)  # else one sequence at a time
+        self.peak = 0  # the most rows decoded together so far
         self._lock = threading.Lock()
         self._keep_kw, self._cache_arg = _forward_kwargs(model)
 
@@ -179,6 +180,7 @@ class Batcher:
         else:
             self.cache, self.mask, self.lengths = _cache_of(out), mask, lengths
         self.running += new
+        self.peak = max(self.peak, len(self.running))
         self._advance(new, out.logits[:, -1, :])
 
     def _decode(self) -> None:

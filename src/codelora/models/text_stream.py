@@ -27,7 +27,7 @@ class TextStream:
             self.text, self.stopped = self._rstrip(text[:cut]), True
             return self._release(len(self.text))
         self.text = text
-        return self._release(len(text) - self._held_back(text))
+        return self._release(self._releasable(text))
 
     def finish(self) -> str:
         """The rest of the text once the sequence has ended: the final answer is `self.text`, stripped."""
@@ -48,13 +48,14 @@ class TextStream:
         found = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
         return min(found) if found else None
 
-    def _held_back(self, text: str) -> int:
-        held = len(text) - len(self._rstrip(text))  # whitespace: the answer may end here
-        if text.endswith("\ufffd"):
-            held = max(held, len(text) - len(text.rstrip("\ufffd")))
+    def _releasable(self, text: str) -> int:
+        """Where the text that can no longer change ends: before a tail that could start a stop
+        string, an unfinished character, and the whitespace before them."""
+        end = len(text)
         for s in self.stop:  # the longest tail that starts a stop string
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
-                    held = max(held, k)
+                    end = min(end, len(text) - k)
                     break
-        return held
+        kept = text[:end].rstrip("\ufffd")
+        return len(self._rstrip(kept))

@@ -31,7 +31,7 @@ async def health(st: ServerState = Depends(server_state)):
             "context_length": engine.context_length, "adapters_loaded": sorted(engine.adapters.loaded),
             "running": counts["running"], "queued": counts["queued"],
             "queue": {"admitted": st.admission.admitted, "limit": st.admission.limit, "refused": st.admission.refused,
-                      "max_batch": counts["max_batch"]},
+                      "max_batch": counts["max_batch"], "peak_batch": counts["peak_batch"]},
             "completed": engine.completed, "auth_required": bool(st.settings.api_key),
             "max_new_tokens_limit": st.settings.max_new_tokens_limit, "defaults": dataclasses.asdict(DEFAULTS)}
 

@@ -129,7 +129,7 @@ class Engine:
 
     def counts(self) -> dict:
         return {"running": len(self.batcher.running), "queued": len(self.batcher.waiting),
-                "max_batch": self.batcher.max_batch}
+                "max_batch": self.batcher.max_batch, "peak_batch": self.batcher.peak}
 
     # -- the engine thread --------------------------------------------------------------------
     def on_engine_thread(self, fn):

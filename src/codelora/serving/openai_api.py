@@ -111,13 +111,13 @@ async def answer(request: Request, st: ServerState, body: Sampling, ids: list[in
 
 
 async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply", usage: bool, logged_prompt: str):
+    g = None
     try:
         if reply.kind == "chat":
             yield _event(reply.chunk(role=True, usage=usage))
         async for piece in stream.pieces(request):
             yield _event(reply.chunk(piece, usage=usage))
         g = st.engine.result(stream.seq)
-        st.log_request(reply.kind + "-stream", g, logged_prompt, reply.id)
         if g.finish_reason == "cancelled":
             return
         if g.finish_reason == "error":
@@ -127,8 +127,12 @@ async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply"
             if usage:
                 yield _event(reply.chunk(usage=usage, totals=g))
         yield "data: [DONE]\n\n"
-    finally:
+    finally:  # also when the client went away mid-stream (the task is cancelled)
         st.admission.leave()
+        g = g or st.engine.result(stream.seq)
+        if g.finish_reason is None:  # cancelled; the engine drops it at its next step
+            g.finish_reason = "cancelled"
+        st.log_request(reply.kind + "-stream", g, logged_prompt, reply.id)
 
 
 def _event(data: dict) -> str:
