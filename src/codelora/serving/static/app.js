@@ -139,6 +139,8 @@ function setBusy(busy) {
 
 function seconds(run) { return ((performance.now() - run.started) / 1000).toFixed(1); }
 
+function tokens(n) { return n === 1 ? "1 token" : `${n} tokens`; }
+
 function earlierTurns() {
   const messages = [];
   for (const x of conversation) {
@@ -193,13 +195,18 @@ async function ask(question) {
     if (run.over) return;
     if (!run.finish) throw new Error("the answer ended early (connection closed)");
     $("stop").disabled = true;  // the stream is over; only the highlighting is left
-    const { html } = await call("/ui/render", { text: run.text });
+    let html = null;
+    try {
+      html = (await call("/ui/render", { text: run.text })).html;
+    } catch (e) {
+      showError(`could not highlight the answer: ${e.message}`);  // the plain text stays
+    }
     if (run.over) return;  // a new chat began meanwhile
-    text.innerHTML = html || "<p><em>(empty answer)</em></p>";  // server-escaped HTML
+    if (html !== null) text.innerHTML = html || "<p><em>(empty answer)</em></p>";  // server-escaped HTML
     turn.dataset.state = "done";
     conversation.push({ question, answer: run.text });
-    const tokens = run.usage ? run.usage.completion_tokens : run.pieces;
-    $("status").textContent = `${label}: ${tokens} tokens in ${seconds(run)} s` +
+    const count = run.usage ? run.usage.completion_tokens : run.pieces;
+    $("status").textContent = `${label}: ${tokens(count)} in ${seconds(run)} s` +
       (run.finish === "length" ? " (stopped at max new tokens)" : "");
     end(run);
   } catch (e) {
@@ -234,7 +241,7 @@ function stopAnswer() {
   run.turn.dataset.state = "stopped";
   note(run.turn, "stopped");
   if (run.text) conversation.push({ question: run.question, answer: run.text });  // the partial answer counts
-  $("status").textContent = `${run.label}: stopped after ${run.pieces} tokens in ${seconds(run)} s`;
+  $("status").textContent = `${run.label}: stopped after ${tokens(run.pieces)} in ${seconds(run)} s`;
   end(run);
   $("question").focus();
 }
