@@ -94,6 +94,7 @@ class Batcher:
         self.lengths: torch.Tensor | None = None  # real tokens in the cache per row (the next position)
         self.row_ops = kv_cache.config_supports_row_ops(model.config)  # else one sequence at a time
         self.peak = 0  # the most rows decoded together so far
+        self.ended = 0  # sequences ended so far, for any reason
         self._lock = threading.Lock()
         self._keep_kw, self._cache_arg = _forward_kwargs(model)
 
@@ -170,8 +171,9 @@ class Batcher:
             ids[i, width - len(s.prompt):] = torch.tensor(s.prompt)
             mask[i, width - len(s.prompt):] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = {self._cache_arg: kv_cache.new_cache(self.model.config)} if self.row_ops else {}
         out = self._forward(new, input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device))
+                            position_ids=positions.to(self.device), **cache)
         lengths = mask.sum(1).to(self.device)
         mask = mask.to(self.device)
         if self.running and self.cache is not None:
@@ -243,6 +245,7 @@ class Batcher:
     def _end(self, seq: Sequence, reason: str) -> None:
         seq.ended_at = time.perf_counter()
         seq.finish_reason = reason
+        self.ended += 1
         piece = seq.text_stream.finish() if reason not in ("cancelled", "error") else ""
         if seq.on_update:
             seq.on_update(seq, piece)

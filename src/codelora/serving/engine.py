@@ -64,7 +64,6 @@ class Engine:
         self.context_length = getattr(self.base.config, "max_position_embeddings", None)
         self.batcher = Batcher(self.base, self.tokenizer, self.fmt.stop_ids, max_batch, self.device)
         self.adapters = AdapterSet(registry, self.on_engine_thread, self._attach, self._detach, self.base, self.source)
-        self.completed = 0
         self._retired: set[str] = set()  # peft names unloaded, to delete once unused
         self._commands: list[tuple] = []
         self._wake = threading.Condition()
@@ -163,15 +162,16 @@ class Engine:
                 self._step()
             self._delete_retired()
 
+    @property
+    def completed(self) -> int:
+        return self.batcher.ended
+
     def _step(self) -> None:
-        before = len(self.batcher.running) + len(self.batcher.waiting)
         try:
             self.batcher.step()
         except Exception:  # a bug or an environment failure: every sequence ends, the server keeps serving
             log.exception("decode step failed; ending the batch")
             self.batcher.abort("error")
-        after = len(self.batcher.running) + len(self.batcher.waiting)
-        self.completed += max(0, before - after)
 
     # -- adapters (engine thread) -------------------------------------------------------------
     def _attach(self, path, peft_name: str) -> None:

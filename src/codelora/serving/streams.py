@@ -1,7 +1,7 @@
 """From the engine thread to an HTTP handler: the pieces of one sequence, as they are generated.
 
-The engine calls `on_update` on its own thread; the pieces are handed to the event loop with
-`call_soon_threadsafe`. A handler either iterates them (`pieces`, for SSE) or waits for the end
+The engine calls `on_update` on its own thread; the pieces wait in a deque and the event loop is
+woken with `call_soon_threadsafe` (once for all the pieces that arrive before it runs). A handler either iterates them (`pieces`, for SSE) or waits for the end
 (`finished`), and in both cases the sequence is cancelled as soon as the client goes away, so its
 slot in the batch is free at the next decode step.
 """
@@ -9,6 +9,7 @@ slot in the batch is free at the next decode step.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -23,11 +24,17 @@ POLL_S = 0.25  # how often a waiting handler checks that its client is still the
 class Stream:
     def __init__(self):
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ready = asyncio.Event()
+        self.items: deque = deque()  # (piece, done) from the engine thread; deque appends are thread-safe
+        self.wake_pending = False  # a wake-up is already on its way: pieces that arrive meanwhile ride along
+        self.gone = False  # the client disconnected
         self.seq: Sequence | None = None
 
     def on_update(self, seq: Sequence, piece: str) -> None:  # engine thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (piece, seq.done))
+        self.items.append((piece, seq.done))
+        if not self.wake_pending:
+            self.wake_pending = True
+            self.loop.call_soon_threadsafe(self.ready.set)
 
     async def start(self, engine: Engine, req: EngineRequest) -> Sequence:
         """Queue the request (loading its adapter on a worker thread if needed); 4xx on bad requests."""
@@ -38,22 +45,37 @@ class Stream:
         return self.seq
 
     async def pieces(self, request: Request):
-        """Each piece of text; stops early (cancelling the sequence) if the client disconnects."""
+        """The text as it comes (pieces that arrived together are joined); stops early, cancelling
+        the sequence, if the client disconnects."""
+        watcher = asyncio.create_task(self._watch(request))
         try:
             while True:
-                try:
-                    piece, done = await asyncio.wait_for(self.queue.get(), POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-                if piece:
-                    yield piece
-                if done:
+                await self.ready.wait()
+                self.ready.clear()
+                self.wake_pending = False
+                text, done = self._drain()
+                if text:
+                    yield text
+                if done or self.gone:
                     return
         finally:
+            watcher.cancel()
             if self.seq is not None and not self.seq.done:
                 self.seq.cancel()
+
+    def _drain(self) -> tuple[str, bool]:
+        text, done = [], False
+        while self.items:
+            piece, ended = self.items.popleft()
+            text.append(piece)
+            done = done or ended
+        return "".join(text), done
+
+    async def _watch(self, request: Request) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(POLL_S)
+        self.gone = True
+        self.ready.set()
 
     async def finished(self, request: Request) -> bool:
         """Wait for the end of the sequence; False (and cancelled) if the client left first."""
