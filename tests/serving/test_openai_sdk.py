@@ -83,6 +83,10 @@ def test_chat_with_and_without_streaming(client):
     assert len(pieces) > 1 and "".join(pieces) == text and finish == whole.choices[0].finish_reason
     assert usage.completion_tokens == whole.usage.completion_tokens and usage.prompt_tokens == whole.usage.prompt_tokens
     assert _chat(client, "base").choices[0].message.content != text  # the adapter acts
+    fixed = _chat(client, "alpha", max_tokens=30, extra_body={"min_tokens": 30})  # vLLM's extension
+    assert fixed.usage.completion_tokens == 30 and fixed.choices[0].finish_reason == "length"
+    with pytest.raises(openai.UnprocessableEntityError, match="min_tokens"):
+        _chat(client, "alpha", max_tokens=3, extra_body={"min_tokens": 4})
 
 
 def test_completions_continue_a_raw_prompt(client, server):

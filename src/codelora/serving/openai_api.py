@@ -77,9 +77,11 @@ def engine_request(st: ServerState, body: Sampling, ids: list[int], max_tokens: 
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOPS or any(not s for s in stops):
         raise ApiError(422, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
+    if body.min_tokens > max_new:
+        raise ApiError(422, f"min_tokens: {body.min_tokens} is above max_tokens {max_new}", "min_tokens")
     adapter = None if body.model in (st.engine.base_name, "base") else body.model
     return EngineRequest(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
-                         stop=tuple(stops), strip=strip)
+                         body.min_tokens, stop=tuple(stops), strip=strip)
 
 
 async def answer(request: Request, st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,

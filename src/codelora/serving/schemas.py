@@ -68,6 +68,8 @@ class StreamOptions(OpenAIBody):
 class Sampling(OpenAIBody):
     model: str = Field(min_length=1, description="the base model's name, 'base', or an adapter's name")
     max_tokens: int | None = Field(None, ge=1)
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: generate at least this many tokens "
+                                                 "(fixed-length benchmarks)")
     temperature: float = TEMPERATURE
     top_p: float = TOP_P
     seed: int | None = SEED
