@@ -14,7 +14,9 @@ completion tokens from each stream's usage chunk: sum of tokens / round wall tim
 to last finish). TTFT is the time to the first chunk with non-empty content. After each round
 /health must show nothing running, queued or admitted. Each client count runs --repeats rounds
 (5), interleaved with the other counts; the table shows the median round by tokens/s and the
-statuses of all rounds.
+statuses of all rounds. The speedup over 1 client is paired: the median over repeats of (C-client
+tokens/s / 1-client tokens/s of the same repeat), so the machine's drift between repeats (this
+2-core VM moves by 30%) cancels out.
 
 Prints the CPU, a markdown table, the issue's targets (PASS/FAIL; the exit status is 0 either
 way), then one JSON line (the last line). Exit status 1 only when the server itself failed.
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -307,12 +310,11 @@ def fmt(x, spec=".2f") -> str:
 
 
 def print_table(rounds: dict[int, dict]) -> None:
-    base = rounds.get(1, {}).get("tokens_per_s")
-    print("\n| clients | tokens/s | speedup vs 1 client | p50 TTFT s | p95 TTFT s | p50 latency s | p95 latency s "
-          "| statuses |")
+    print("\n| clients | tokens/s | speedup vs 1 client (paired) | p50 TTFT s | p95 TTFT s | p50 latency s "
+          "| p95 latency s | statuses |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for c, s in rounds.items():
-        speed = s["tokens_per_s"] / base if base else None
+        speed = s.get("speedup")
         statuses = f"2xx {s['2xx']}, 4xx {s['4xx']}, 5xx {s['5xx']}, lost {s['lost']}"
         statuses += f", stream errors {s['stream_errors']}" if s["stream_errors"] else ""
         statuses += ", LEFT BEHIND" if s["health_after"]["left_behind"] else ""
@@ -323,7 +325,7 @@ def print_table(rounds: dict[int, dict]) -> None:
 def check_targets(rounds: dict[int, dict]) -> dict:
     """The issue's targets; a target whose round was not run is None (not measured)."""
     one, eight = rounds.get(1), rounds.get(8)
-    speedup = eight["tokens_per_s"] / one["tokens_per_s"] if one and eight and one["tokens_per_s"] else None
+    speedup = eight.get("speedup") if one and eight else None
     five = sum(s["5xx"] + s["stream_errors"] for s in rounds.values())
     lost = sum(s["lost"] + s["health_after"]["left_behind"] for s in rounds.values())
     targets = {
@@ -359,7 +361,12 @@ def benchmark(args, tmp: Path) -> dict:
                     raise ServerFailed(f"the server exited with status {proc.returncode} during the {c}-client round")
                 s["health_after"] = settle(url)
                 runs[c].append(s)
-        return {"rounds": {c: median_round(r) for c, r in runs.items()}, "server": h}
+        rounds = {c: median_round(r) for c, r in runs.items()}
+        if 1 in runs:  # paired: each repeat's C-client tokens/s over the 1-client figure of the same repeat
+            for c, s in rounds.items():
+                s["speedup"] = statistics.median(r["tokens_per_s"] / one["tokens_per_s"]
+                                                 for r, one in zip(runs[c], runs[1]))
+        return {"rounds": rounds, "server": h}
     except ServerFailed as e:
         raise ServerFailed(f"{e}\n--- server log (tail) ---\n{log_tail(tmp / 'serve.log')}") from None
     finally:

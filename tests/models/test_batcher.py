@@ -121,8 +121,8 @@ def test_seeded_sampling_is_the_same_alone_or_batched(tiny):
 
 def test_min_new_tokens_and_max_new_tokens(tiny):
     model, fmt = tiny
-    (seq,) = Batcher(model, fmt.tok, fmt.stop_ids, 1).run([Sequence(fmt.prompt_ids("q"), GenerateConfig(max_new_tokens=9),
-                                                                    min_new_tokens=9)])
+    fixed = Sequence(fmt.prompt_ids("q"), GenerateConfig(max_new_tokens=9), min_new_tokens=9)
+    (seq,) = Batcher(model, fmt.tok, fmt.stop_ids, 1).run([fixed])
     assert len(seq.tokens) == 9 and seq.finish_reason == "length"
     assert not set(seq.tokens[:-1]) & set(fmt.stop_ids)
 

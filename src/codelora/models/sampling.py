@@ -10,7 +10,7 @@ import torch
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """-inf for the tokens outside the smallest set whose probability reaches top_p (as transformers' TopPLogitsWarper)."""
+    """-inf outside the smallest set of tokens whose probability reaches top_p (transformers' TopPLogitsWarper)."""
     if top_p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=False)

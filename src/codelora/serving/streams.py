@@ -1,9 +1,10 @@
 """From the engine thread to an HTTP handler: the pieces of one sequence, as they are generated.
 
 The engine calls `on_update` on its own thread; the pieces wait in a deque and the event loop is
-woken with `call_soon_threadsafe` (once for all the pieces that arrive before it runs). A handler either iterates them (`pieces`, for SSE) or waits for the end
-(`finished`), and in both cases the sequence is cancelled as soon as the client goes away, so its
-slot in the batch is free at the next decode step.
+woken with `call_soon_threadsafe`, once for all the pieces that arrive before it runs. A handler
+either iterates them (`pieces`, for SSE) or waits for the end (`finished`); in both cases a
+watcher polls for a disconnect and the sequence is cancelled as soon as the client goes away,
+so its slot in the batch is free at the next decode step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from codelora.models.batcher import Sequence
 from codelora.serving.engine import Engine, Request as EngineRequest
 from codelora.serving.errors import REQUEST_ERRORS, from_codelora
 
-POLL_S = 0.25  # how often a waiting handler checks that its client is still there
+POLL_S = 0.25  # how often the watcher checks that the client is still there
 
 
 class Stream:
