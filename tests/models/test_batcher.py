@@ -68,13 +68,13 @@ def test_mixed_adapters_in_one_batch_match_each_alone(tiny):
     torch.manual_seed(3)
     peft = get_peft_model(build_tiny_model(fmt.tok, init_range=0.3),
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-                          adapter_name="a").eval()
-    peft.add_adapter("b", LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+                          adapter_name="first").eval()
+    peft.add_adapter("second", LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():
         for n, p in peft.named_parameters():
             if "lora_B" in n:
                 p.mul_(20)
-    names = ["a", BASE, "b", "a"]
+    names = ["first", BASE, "second", "first"]
     mixed = Batcher(peft, fmt.tok, fmt.stop_ids, 4).run(
         [Sequence(fmt.prompt_ids(q), GenerateConfig(max_new_tokens=12), adapter=a) for q, a in zip(QUESTIONS, names)])
     for seq, name in zip(mixed, names):
