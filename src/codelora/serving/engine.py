@@ -19,7 +19,7 @@ from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError
 from codelora.models.batcher import BASE, Batcher, Sequence
 from codelora.serving.adapters import AdapterSet
-from codelora.serving.registry import AdapterRegistry
+from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
 log = logging.getLogger("codelora.serve")
 
@@ -108,7 +108,9 @@ class Engine:
         seq = Sequence(req.ids, req.gen, adapter=None, seed=req.seed, min_new_tokens=req.min_new_tokens,
                        stop=req.stop, strip=req.strip, exclusive=bool(loaded and loaded.exclusive), on_update=on_update,
                        label=req.adapter or "base")
-        with self._wake:
+        with self._wake:  # atomic with _delete_retired's in-use check: a queued adapter is never deleted
+            if loaded is not None and self.adapters.loaded.get(req.adapter) is not loaded:
+                raise UnknownAdapterError(f"adapter {req.adapter!r} was unloaded while this request was starting")
             seq.adapter = loaded.peft_name if loaded else (BASE if self.model is not self.base else None)
             self.batcher.add(seq)
             self._wake.notify()
@@ -192,10 +194,10 @@ class Engine:
             self._wake.notify()
 
     def _delete_retired(self) -> None:
-        in_use = {s.adapter for s in self.batcher.running} | {s.adapter for s in list(self.batcher.waiting)}
         with self._wake:
+            in_use = {s.adapter for s in self.batcher.running} | {s.adapter for s in self.batcher.waiting}
             unused = sorted(self._retired - in_use)
-        for name in unused:
+            self._retired -= set(unused)
+        for name in unused:  # engine thread: no forward pass is running
             self.model.delete_adapter(name)
-            self._retired.discard(name)
             log.info("adapter weights %s deleted", name)
