@@ -102,7 +102,7 @@ class Batcher:
     def add(self, seq: Sequence) -> Sequence:
         seq.text_stream = TextStream(self.tokenizer, seq.stop, seq.strip)
         if seq.gen.temperature > 0:
-            seq.generator = torch.Generator(device="cpu")
+            seq.generator = torch.Generator(device=self.device)  # multinomial needs one on the logits' device
             seq.generator.manual_seed(seq.seed if seq.seed is not None else torch.seed())
         seq.banned = tuple(self.stop_ids) if seq.min_new_tokens > 0 else ()
         seq.added_at = time.perf_counter()
