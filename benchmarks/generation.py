@@ -20,7 +20,7 @@ import torch
 
 from codelora.config import GenerateConfig, ModelConfig
 from codelora.data.prompts import PromptFormat
-from codelora.models.generate import _left_pad
+from codelora.models.batcher import left_pad
 from codelora.models.sources import load_base
 
 QUESTIONS = [
@@ -37,7 +37,7 @@ def tokens_per_s(model, fmt, questions, batch_size, max_new_tokens) -> tuple[flo
     prompts = [fmt.prompt_ids(q) for q in questions]
     t0, total = time.perf_counter(), 0
     for i in range(0, len(prompts), batch_size):
-        enc = _left_pad(prompts[i:i + batch_size], tok.pad_token_id, "cpu")
+        enc = left_pad(prompts[i:i + batch_size], tok.pad_token_id, "cpu")
         out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
                              temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
         total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]

@@ -91,6 +91,7 @@ BAD = [  # (path, JSON body or raw bytes, status, words the message must hold)
     ("/v1/generate", {"prompt": "x", "max_new_tokens": 5000}, 422, "limit of 1024"),
     ("/v1/generate", {"prompt": "x", "max_new_tokens": "5"}, 422, "max_new_tokens"),
     ("/v1/generate", {"prompt": "x", "max_new_tokens": 4, "min_new_tokens": 5}, 422, "min_new_tokens"),
+    ("/v1/generate", {"prompt": "x", "stop": ["ok", ""]}, 422, "stop: at most 8 non-empty strings"),
     ("/v1/generate", b'{"prompt": "x", "temperature": NaN}', 422, "temperature: Input should be a finite number"),
     ("/v1/generate", b'{"prompt": "x", "temperature": Infinity}', 422, "temperature"),
     ("/v1/generate", {"prompt": "x", "temperature": -0.5}, 422, "temperature"),

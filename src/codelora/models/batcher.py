@@ -67,6 +67,17 @@ class Sequence:
         self.cancelled = True
 
 
+def left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of `seqs` left-padded to one width (a batch's prompts)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
 def _forward_kwargs(model) -> tuple[dict, str]:
     """Extra forward kwargs this model accepts, and the name of its cache argument (transformers
     5.x renames `past_key_values` to `cache`)."""
@@ -164,18 +175,12 @@ class Batcher:
         return self.model(**inputs, use_cache=True, **self._keep_kw, **extra)
 
     def _prefill(self, new: list[Sequence]) -> None:
-        width = max(len(s.prompt) for s in new)
-        ids = torch.full((len(new), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, s in enumerate(new):
-            ids[i, width - len(s.prompt):] = torch.tensor(s.prompt)
-            mask[i, width - len(s.prompt):] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        enc = left_pad([s.prompt for s in new], self._pad_id, self.device)
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # each row counts from 0 at its first real token
         cache = {self._cache_arg: kv_cache.new_cache(self.model.config)} if self.row_ops else {}
-        out = self._forward(new, input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device), **cache)
-        lengths = mask.sum(1).to(self.device)
-        mask = mask.to(self.device)
+        out = self._forward(new, **enc, position_ids=positions, **cache)
+        lengths = mask.sum(1)
         if self.running and self.cache is not None:
             self.mask = kv_cache.join(self.cache, self.mask, _cache_of(out), mask)
             self.lengths = torch.cat([self.lengths, lengths])

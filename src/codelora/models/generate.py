@@ -12,16 +12,7 @@ from __future__ import annotations
 import torch
 
 from codelora.config import GenerateConfig
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+from codelora.models.batcher import Batcher, Sequence, left_pad
 
 
 def decoding_kwargs(fmt, gen: GenerateConfig) -> dict:
@@ -49,8 +40,6 @@ def generate_answers(model, fmt, questions: list[str], gen: GenerateConfig, batc
     prompts = [fmt.prompt_ids(q) for q in questions]
     if getattr(model.config, "is_encoder_decoder", False):
         return _static_batches(model, fmt, prompts, gen, batch_size, device)
-    from codelora.models.batcher import Batcher, Sequence
-
     base_seed = seed if seed is not None else (int(torch.randint(0, 2**62, (1,))) if gen.temperature > 0 else 0)
     seqs = [Sequence(p, gen, seed=base_seed + i, on_update=on_update) for i, p in enumerate(prompts)]
     order = sorted(range(len(seqs)), key=lambda i: len(prompts[i]))
@@ -65,7 +54,7 @@ def _static_batches(model, fmt, prompts: list[list[int]], gen: GenerateConfig, b
     answers: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = _left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
+        enc = left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
         out = model.generate(**enc, **decoding_kwargs(fmt, gen))  # an encoder-decoder returns only the decoder's tokens
         for row, i in zip(out, idx):
             answers[i] = tok.decode(row, skip_special_tokens=True).strip()

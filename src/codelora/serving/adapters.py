@@ -87,6 +87,10 @@ class AdapterSet:
             self._detach(gone.peft_name)
             return gone
 
+    def names(self) -> list[str]:
+        """Every servable name, sorted: the registry's folders and the adapters loaded under other names."""
+        return sorted(set(self.registry.names() if self.registry else []) | set(self.loaded))
+
     def load_all(self) -> list[str]:
         """Load every adapter in the registry now; returns the problems (one line each)."""
         problems = []

@@ -3,8 +3,6 @@ for a slot in the batch); the next one gets 429 at once instead of piling up unb
 
 from __future__ import annotations
 
-import contextlib
-
 from codelora.serving.errors import ApiError
 
 
@@ -26,10 +24,3 @@ class Admission:
     def leave(self) -> None:
         self.admitted -= 1
 
-    @contextlib.contextmanager
-    def slot(self):
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()

@@ -15,10 +15,9 @@ from fastapi.responses import Response
 
 from codelora.config import GenerateConfig
 from codelora.serving.engine import Request as EngineRequest
-from codelora.serving.errors import ApiError, read_body
+from codelora.serving.errors import read_body
 from codelora.serving.schemas import DEFAULTS, GenerateRequest
-from codelora.serving.state import ServerState, server_state
-from codelora.serving.streams import Stream
+from codelora.serving.state import ServerState, server_state, stop_strings
 
 router = APIRouter(tags=["codelora"])
 
@@ -41,7 +40,7 @@ async def adapters(st: ServerState = Depends(server_state)):
     engine = st.engine
     loaded, failed = engine.adapters.loaded, engine.adapters.failed
     items = []
-    for name in sorted(set(engine.registry.names() if engine.registry else []) | set(loaded)):
+    for name in engine.adapters.names():
         item = {"name": name, "loaded": name in loaded}
         if name in loaded:
             item |= loaded[name].info | {"load_seconds": round(loaded[name].load_seconds, 3)}
@@ -54,27 +53,14 @@ async def adapters(st: ServerState = Depends(server_state)):
 @router.post("/v1/generate")
 async def generate(request: Request, st: ServerState = Depends(server_state)):
     body: GenerateRequest = await read_body(request, GenerateRequest)
-    if body.max_new_tokens > st.settings.max_new_tokens_limit:
-        raise ApiError(422, f"max_new_tokens: {body.max_new_tokens} is above this server's limit of "
-                            f"{st.settings.max_new_tokens_limit}", "max_new_tokens")
-    if body.min_new_tokens > body.max_new_tokens:
-        raise ApiError(422, f"min_new_tokens: {body.min_new_tokens} is above max_new_tokens {body.max_new_tokens}",
-                       "min_new_tokens")
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    st.check_lengths(body.max_new_tokens, body.min_new_tokens, "max_new_tokens", "min_new_tokens")
     req = EngineRequest(st.engine.question_ids(body.prompt), body.adapter,
                         GenerateConfig(body.max_new_tokens, body.temperature, body.top_p), body.seed,
-                        body.min_new_tokens, tuple(s for s in stops if s))
+                        body.min_new_tokens, stop_strings(body.stop))
     request_id = uuid.uuid4().hex[:12]
-    with st.admission.slot():
-        stream = Stream()
-        seq = await stream.start(st.engine, req)
-        finished = await stream.finished(request)
-    g = st.engine.result(seq)
-    st.log_request("generate", g, body.prompt, request_id)
-    if not finished:
-        return Response(status_code=204)
-    if g.finish_reason == "error":
-        raise ApiError(500, "generation failed; see the server log")
+    g = await st.finish(request, await st.start(req), "generate", body.prompt, request_id)
+    if g is None:
+        return Response(status_code=204)  # the client is gone
     return {"id": request_id, "text": g.text, "model": g.model, "base_model": st.engine.base_name,
             "finish_reason": g.finish_reason, "seconds": round(g.seconds, 3),
             "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens},

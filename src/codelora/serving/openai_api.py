@@ -22,19 +22,17 @@ from codelora.serving.engine import Generation, Request as EngineRequest
 from codelora.serving.errors import ApiError, error_body, read_body
 from codelora.serving.schemas import (DEFAULTS, REFUSED_CHAT, REFUSED_COMPLETION, ChatRequest, CompletionRequest,
                                       Sampling)
-from codelora.serving.state import ServerState, server_state
+from codelora.serving.state import ServerState, server_state, stop_strings
 from codelora.serving.streams import Stream
 
 router = APIRouter(tags=["OpenAI-compatible"])
-MAX_STOPS = 8
 
 
 @router.get("/v1/models")
 async def models(st: ServerState = Depends(server_state)):
-    engine = st.engine
-    names = sorted(set(engine.registry.names() if engine.registry else []) | set(engine.adapters.loaded))
+    names = [st.engine.base_name, *st.engine.adapters.names()]
     return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "codelora"}
-                                       for n in [engine.base_name, *names]]}
+                                       for n in names]}
 
 
 @router.post("/v1/chat/completions")
@@ -71,45 +69,22 @@ def _text(content) -> str:
 def engine_request(st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,
                    strip: bool = True) -> EngineRequest:
     max_new = max_tokens or DEFAULTS.max_new_tokens
-    if max_new > st.settings.max_new_tokens_limit:
-        raise ApiError(422, f"max_tokens: {max_new} is above this server's limit of "
-                            f"{st.settings.max_new_tokens_limit}", "max_tokens")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > MAX_STOPS or any(not s for s in stops):
-        raise ApiError(422, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
-    if body.min_tokens > max_new:
-        raise ApiError(422, f"min_tokens: {body.min_tokens} is above max_tokens {max_new}", "min_tokens")
+    st.check_lengths(max_new, body.min_tokens, "max_tokens", "min_tokens")
     adapter = None if body.model in (st.engine.base_name, "base") else body.model
     return EngineRequest(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
-                         body.min_tokens, stop=tuple(stops), strip=strip)
+                         body.min_tokens, stop=stop_strings(body.stop), strip=strip)
 
 
 async def answer(request: Request, st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,
                  reply: "Reply", logged_prompt: str, strip: bool = True):
     """Run the request and answer with one JSON body, or with an SSE stream."""
-    req = engine_request(st, body, ids, max_tokens, strip)
-    st.admission.enter()
-    try:
-        stream = Stream()
-        seq = await stream.start(st.engine, req)
-    except BaseException:
-        st.admission.leave()
-        raise
+    stream = await st.start(engine_request(st, body, ids, max_tokens, strip))
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(request, st, stream, reply, usage, logged_prompt), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    try:
-        finished = await stream.finished(request)
-    finally:
-        st.admission.leave()
-    g = st.engine.result(seq)
-    st.log_request(reply.kind, g, logged_prompt, reply.id)
-    if not finished:
-        return Response(status_code=204)  # the client is gone; nobody reads this
-    if g.finish_reason == "error":
-        raise ApiError(500, "generation failed; see the server log")
-    return reply.full(g)
+    g = await st.finish(request, stream, reply.kind, logged_prompt, reply.id)
+    return Response(status_code=204) if g is None else reply.full(g)  # None: the client is gone
 
 
 async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply", usage: bool, logged_prompt: str):
