@@ -264,6 +264,8 @@ class ServeConfig:
                                        f"is visible in ps)")
     log_prompts: bool = option(False, "write prompts and answers to the log (off: only ids, counts and times)")
     lazy: bool = option(False, "load adapters on first use instead of at start")
+    shutdown_grace: int = option(5, "seconds Ctrl-C / SIGTERM waits for answers in progress before cancelling them",
+                                 bounds=Bounds(0, 3600))
 
     def validate(self) -> None:
         if self.api_key is not None and len(self.api_key) < 8:

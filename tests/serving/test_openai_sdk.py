@@ -219,3 +219,21 @@ def _wait_idle(server, timeout=20):
             return health
         assert time.monotonic() < deadline, f"sequences left running after their clients left: {health}"
         time.sleep(0.05)
+
+
+def test_sigterm_cancels_answers_in_progress_after_the_grace_period(registry, tiny_model_dir, tmp_path):
+    """Ctrl-C / SIGTERM: the server stops accepting, waits --shutdown-grace seconds, then the answers
+    still running or queued are cancelled, their streams end, and the process exits without a
+    traceback. One decode slot and four long answers: the last ones are still queued at the signal."""
+    with running_server(tmp_path, "--adapters", registry, "--model", tiny_model_dir, "--shutdown-grace", "0",
+                        "--max-batch", "1", "--lazy") as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        streams = [_chat(c, "base", max_tokens=460, stream=True, extra_body={"min_tokens": 460}) for _ in range(4)]
+        next(iter(streams[0]))
+        s.proc.terminate()
+        assert s.proc.wait(timeout=30) == 130  # like Ctrl-C
+        log = s.log_text()
+        assert "Traceback" not in log and "Finished server process" in log
+        assert log.strip().splitlines()[-1] == "codelora: interrupted"
+        ends = re.findall(r"chat-stream model=base prompt_tokens=\d+ completion_tokens=(\d+) finish=(\w+)", log)
+        assert len(ends) == 4 and ("0", "cancelled") in ends, log[-1500:]

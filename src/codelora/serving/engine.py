@@ -125,8 +125,10 @@ class Engine:
 
     def result(self, seq: Sequence) -> Generation:
         end = seq.ended_at or time.perf_counter()
-        return Generation(seq.text, seq.label, len(seq.prompt), len(seq.tokens), seq.finish_reason,
-                          end - seq.added_at, list(seq.tokens))
+        # a cancelled sequence may not have been dropped yet: that happens at the engine's next step
+        reason = seq.finish_reason or ("cancelled" if seq.cancelled else None)
+        return Generation(seq.text, seq.label, len(seq.prompt), len(seq.tokens), reason, end - seq.added_at,
+                          list(seq.tokens))
 
     def counts(self) -> dict:
         return {"running": len(self.batcher.running), "queued": len(self.batcher.waiting),
@@ -140,6 +142,13 @@ class Engine:
             self._commands.append((fn, future))
             self._wake.notify()
         return future.result()
+
+    def cancel_all(self) -> None:
+        """Cancel every running and queued sequence (server shutdown); safe from any thread."""
+        with self._wake:
+            for seq in self.batcher.running + list(self.batcher.waiting):
+                seq.cancel()
+            self._wake.notify()
 
     def close(self) -> None:
         with self._wake:

@@ -105,10 +105,9 @@ async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply"
                 yield _event(reply.chunk(usage=usage, totals=g))
         yield "data: [DONE]\n\n"
     finally:  # also when the client went away mid-stream (the task is cancelled)
+        stream.cancel()
         st.admission.leave()
         g = g or st.engine.result(stream.seq)
-        if g.finish_reason is None:  # cancelled; the engine drops it at its next step
-            g.finish_reason = "cancelled"
         st.log_request(reply.kind + "-stream", g, logged_prompt, reply.id)
 
 

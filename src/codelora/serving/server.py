@@ -7,6 +7,9 @@ import ipaddress
 import logging
 import os
 import sys
+import threading
+
+import uvicorn
 
 from codelora.config import API_KEY_ENV, EMBEDDED_MODEL, ModelConfig, ServeConfig, validated
 from codelora.errors import CodeloraError
@@ -43,8 +46,6 @@ def pick_base(model: str | None, registry) -> ModelConfig:
 
 def serve(adapters: str | None, settings: ServeConfig, model: str | None = None) -> None:
     """Serve the base model (`model`, else the adapters' base) and the adapter folders in `adapters`."""
-    import uvicorn
-
     from codelora.serving.app import create_app
     from codelora.serving.engine import Engine
     from codelora.serving.registry import AdapterRegistry
@@ -71,4 +72,26 @@ def serve(adapters: str | None, settings: ServeConfig, model: str | None = None)
     host = settings.host
     shown = f"[{host}]" if ":" in host else host
     log.info("web page and API on http://%s:%s/ (API docs at /docs)", shown, settings.port)
-    uvicorn.run(app, host=host, port=settings.port, log_level="info", access_log=True)
+    config = uvicorn.Config(app, host=host, port=settings.port, log_level="info", access_log=True,
+                            timeout_graceful_shutdown=settings.shutdown_grace + 10)  # a backstop: see _Server
+    try:
+        _Server(config, engine, settings.shutdown_grace).run()
+    finally:
+        engine.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server; on Ctrl-C / SIGTERM it also cancels the engine's answers still running
+    after the grace period, so their streams end at the next decode step and the connections
+    close cleanly (uvicorn's own timeout would kill the tasks mid-response, with tracebacks)."""
+
+    def __init__(self, config: uvicorn.Config, engine, grace: int):
+        super().__init__(config)
+        self.engine, self.grace = engine, grace
+
+    def handle_exit(self, sig, frame) -> None:
+        if not self.should_exit:
+            timer = threading.Timer(self.grace, self.engine.cancel_all)
+            timer.daemon = True
+            timer.start()
+        super().handle_exit(sig, frame)

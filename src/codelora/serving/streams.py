@@ -61,8 +61,12 @@ class Stream:
                     return
         finally:
             watcher.cancel()
-            if self.seq is not None and not self.seq.done:
-                self.seq.cancel()
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the sequence unless it has ended (it leaves the batch at the next step)."""
+        if self.seq is not None and not self.seq.done:
+            self.seq.cancel()
 
     def _drain(self) -> tuple[str, bool]:
         text, done = [], False
