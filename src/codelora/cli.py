@@ -6,6 +6,7 @@
     codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.run_eval, evaluation.exec_eval)
     codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
     codelora merge RUN_DIR --out DIR                  (models.merge)
+    codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
     codelora serve [--adapters DIR]                   (serving.server)
     codelora sweep SWEEP.yaml                         (experiments.sweep)
 
@@ -26,7 +27,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from codelora.config import (GenerateConfig, MergeConfig, RunConfig, ServeConfig, TrainConfig, field_help,
+from codelora.config import (ExportConfig, GenerateConfig, MergeConfig, RunConfig, ServeConfig, TrainConfig, field_help,
                              load_config_file, parse_assignment, parse_config, resolve_field, set_dotted,
                              validated)
 from codelora.console import say
@@ -46,6 +47,7 @@ ASK_FLAGS = {"--max-new-tokens": "generate.max_new_tokens", "--temperature": "ge
              "--top-p": "generate.top_p", "--device": "train.device"}
 SERVE_FLAGS = {"--" + name.replace("_", "-"): name for name in ServeConfig.__dataclass_fields__}
 MERGE_FLAGS = {"--" + name.replace("_", "-"): name for name in MergeConfig.__dataclass_fields__}
+EXPORT_FLAGS = {"--" + name.replace("_", "-"): name for name in ExportConfig.__dataclass_fields__}
 
 
 class Parser(argparse.ArgumentParser):
@@ -130,12 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where execution reports go (default: RUN_DIR, else runs/eval-SUITE)")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="required to run model-generated code (in a sandboxed process)")
+    p.add_argument("--gguf", action="append", default=[], metavar="FILE",
+                   help="an exported GGUF file to evaluate beside the others, in llama.cpp (repeatable)")
     add_flags(p, EVAL_FLAGS)
 
     p = sub.add_parser("ask", help="answer a Python question with the base model or an adapter")
     p.add_argument("question")
     p.add_argument("--adapter", help="a run directory (or any peft adapter folder)")
     p.add_argument("--model", help="base model; default: the adapter's base, else smollm2-135m")
+    p.add_argument("--gguf", metavar="FILE", help="answer with this GGUF file in llama.cpp instead")
+    p.add_argument("--gguf-lora", metavar="FILE", help="with --gguf: a GGUF LoRA (codelora export --format gguf-lora) "
+                                                       "to apply on it")
     add_flags(p, ASK_FLAGS)
 
     p = sub.add_parser("merge", help="fold an adapter into its base model (full safetensors model), "
@@ -144,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the merged model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     add_flags(p, MERGE_FLAGS, MergeConfig)
+
+    p = sub.add_parser("export", help="a run as GGUF files for llama.cpp and Ollama (with a Modelfile), checked "
+                                      "against the PyTorch model in llama.cpp")
+    p.add_argument("run_dir", help="a run directory (an adapter, or the whole model of a full / top-K run)")
+    p.add_argument("--out", required=True, help="directory for the GGUF files, Modelfile and export_report.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_flags(p, EXPORT_FLAGS, ExportConfig)
 
     p = sub.add_parser("serve", help="HTTP API and web page: one base model, adapters chosen per request")
     p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")
@@ -248,8 +262,10 @@ def cmd_eval(args) -> int:
         from codelora.evaluation.compare import render_markdown
         from codelora.evaluation.run_eval import evaluate_run
 
-        print(render_markdown(evaluate_run(args.run_dir, overrides)))
+        print(render_markdown(evaluate_run(args.run_dir, overrides, ggufs=args.gguf)))
         return 0
+    if args.completions and args.gguf:
+        raise CodeloraError("--completions scores given answers; it does not go with --gguf")
     if args.suite and args.tasks:
         raise CodeloraError("choose one of --suite humaneval and --tasks FILE")
     from codelora.config import EvalConfig
@@ -271,7 +287,7 @@ def cmd_eval(args) -> int:
 
         model_cfg = ModelConfig(name=args.model) if args.model else (
             base_model_of(Path(adapters[0])) if adapters else ModelConfig())
-        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, TrainConfig.device)
+        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, TrainConfig.device, ggufs=args.gguf)
     print(render_exec_markdown(report))
     say(f"wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
     return 0
@@ -282,8 +298,17 @@ def cmd_ask(args) -> int:
 
     values = given(args, ASK_FLAGS)
     device = validated(TrainConfig(device=values.pop("train.device", TrainConfig.device))).device
-    ask(args.question, adapter=args.adapter, model=args.model, gen=section(GenerateConfig, values, "generate."),
-        device=device, stream=True)
+    gen = section(GenerateConfig, values, "generate.")
+    if args.gguf or args.gguf_lora:
+        from codelora.serving.ask import ask_gguf
+
+        if args.adapter or args.model:
+            raise CodeloraError("--gguf answers with the GGUF file alone; it does not go with --adapter or --model")
+        if args.gguf_lora and not args.gguf:
+            raise CodeloraError("--gguf-lora needs --gguf BASE.gguf (the model it applies to)")
+        ask_gguf(args.question, args.gguf, gen, lora=args.gguf_lora)
+        return 0
+    ask(args.question, adapter=args.adapter, model=args.model, gen=gen, device=device, stream=True)
     return 0
 
 
@@ -291,6 +316,13 @@ def cmd_merge(args) -> int:
     from codelora.models.merge import merge
 
     merge(args.run_dir, args.out, section(MergeConfig, given(args, MERGE_FLAGS)), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from codelora.export.gguf_export import export
+
+    export(args.run_dir, args.out, section(ExportConfig, given(args, EXPORT_FLAGS)), overwrite=args.overwrite)
     return 0
 
 
@@ -310,7 +342,7 @@ def cmd_sweep(args) -> int:
 
 
 COMMANDS = {"train": cmd_run, "run": cmd_run, "data": cmd_data, "eval": cmd_eval, "ask": cmd_ask,
-            "merge": cmd_merge, "serve": cmd_serve, "sweep": cmd_sweep}
+            "merge": cmd_merge, "export": cmd_export, "serve": cmd_serve, "sweep": cmd_sweep}
 
 
 def _raise_interrupt(signum, frame):

@@ -282,6 +282,31 @@ class MergeConfig:
     device: str = device_option("cpu")
 
 
+GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+@dataclass
+class ExportConfig:
+    """`codelora export`: GGUF files for llama.cpp / Ollama and the parity check in llama.cpp."""
+
+    format: str = option("gguf", "gguf: the whole (merged) model, one file per --quant; gguf-lora: the adapter "
+                                 "alone as a GGUF LoRA, plus the base model as f16 GGUF to apply it on",
+                         choices=("gguf", "gguf-lora"))
+    quant: str = option("q4_k_m", "comma-separated quantizations to write (format gguf): f16, q8_0, q4_k_m",
+                        pattern=(r"(f16|q8_0|q4_k_m)(,(f16|q8_0|q4_k_m))*", "f16, q8_0 and/or q4_k_m, "
+                                 "comma-separated"))
+    max_abs_diff: float = option(0.5, "f16 parity: largest allowed |llama.cpp - PyTorch| logit on the probe prompts "
+                                      "(measured ~0.07 for SmolLM2 f16 vs fp32)", bounds=NON_NEGATIVE)
+    max_kl: float = option(1e-3, "f16 parity: largest allowed KL(PyTorch || llama.cpp) at any probe position",
+                           bounds=NON_NEGATIVE)
+    greedy_tokens: int = option(64, "f16 parity: greedy tokens generated per probe question in both runtimes",
+                                bounds=AT_LEAST_1)
+    tie_margin: float = option(0.1, "f16 parity: greedy answers may part only where PyTorch's top two logits are "
+                                    "closer than this (a near-tie that rounding can flip)", bounds=NON_NEGATIVE)
+    threads: int = option(0, "llama.cpp threads (0: all cores)", bounds=NON_NEGATIVE)
+    device: str = device_option("cpu")
+
+
 @dataclass
 class RunConfig:
     out: str = option("runs/latest", "the run directory to write")

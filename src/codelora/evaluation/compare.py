@@ -24,6 +24,7 @@ from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, 
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.models.generate import generate_answers
+from codelora.models.gguf_model import GgufModel
 from codelora.training.loss import validation_loss
 
 METRICS = [  # key, label, higher is better
@@ -74,7 +75,10 @@ def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, gen: Ge
     if isinstance(fmt, ClassFormat):
         return evaluate_classifier(model, fmt, test_examples, ec, pad_id, device)
     t0 = time.perf_counter()
-    loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
+    if isinstance(model, GgufModel):
+        loss = model.validation_loss(test_examples)
+    else:
+        loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
     rows = test_rows[: ec.limit] if ec.limit else test_rows
     answers = generate_answers(model, fmt, [user_message(r) for r in rows], gen, ec.batch_size, device)
     refs = [r["output"] for r in rows]
@@ -155,13 +159,15 @@ def plot_comparison(report: dict, path: Path) -> None:
     fig, ax = pyplot().subplots(figsize=(9, 4), dpi=110)
     names = list(models)
     width = 0.76 / len(names)
-    for i, (name, color) in enumerate(zip(names, ("tab:gray", "tab:blue"))):
+    colors = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+    for i, (name, color) in enumerate(zip(names, colors)):
         vals = [models[name][k] / (100 if k == "bleu" else 1) for k, _ in keys]
         label = tuned_label(report) if name == "adapter" else name
         ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=label, color=color)
     ax.set_xticks(x, [label for _, label in keys])
     ax.set_ylim(0, 1)
-    title = "Base vs " + tuned_label(report) if len(names) > 1 else "Base model (method none)"
+    title = "Base vs " + " vs ".join(tuned_label(report) if n == "adapter" else n for n in names[1:]) \
+        if len(names) > 1 else "Base model (method none)"
     ax.set_title(f"{title} on the held-out test split ({what})")
     ax.legend()
     save_figure(fig, path)
@@ -175,27 +181,30 @@ def render_markdown(report: dict) -> str:
     models = report["models"]
     base, tuned = models["base"], models.get("adapter")
     label = tuned_label(report)
+    extra = [n for n in models if n not in ("base", "adapter")]  # GGUF files in llama.cpp (eval --gguf)
     classifier = report.get("task") == "classification"
     what = ("predicted labels" if classifier else
             f"{report['decoding']} answers (at most {report['max_new_tokens']} new tokens) for "
             f"{report['rows_generated']} rows")
+    shown = [("base", "base")] + ([("adapter", label)] if tuned else []) + [(n, n) for n in extra]
+    compare = tuned is not None and not extra  # base vs tuned: say which is better
+    title = " vs ".join(t for _, t in shown[1:])
     lines = [
-        f"# Evaluation: base model{' vs ' + label if tuned else ' (method none: no training)'}",
+        f"# Evaluation: base model{' vs ' + title if title else ' (method none: no training)'}",
         "",
         f"Held-out {report['split']} split: loss over {report['rows_for_loss']} rows; {what}.",
         "",
-        f"| metric | base |{f' {label} | better |' if tuned else ''}",
-        f"| --- | ---: |{' ---: | :---: |' if tuned else ''}",
+        "| metric | " + " | ".join(t for _, t in shown) + " |" + (" better |" if compare else ""),
+        "| --- |" + " ---: |" * len(shown) + (" :---: |" if compare else ""),
     ]
     for key, name, higher in CLASS_METRICS if classifier else METRICS:
-        b = base[key]
-        if tuned is None:
-            lines.append(f"| {name} | {b:.4f} |")
-            continue
-        a = tuned[key]
-        better = label if (a > b if higher else a < b) else ("same" if a == b else "base")
-        lines.append(f"| {name} | {b:.4f} | {a:.4f} | {better} |")
-    times = f"base {base['seconds']} s" + (f", {label} {tuned['seconds']} s" if tuned else "")
+        cells = " | ".join(f"{models[n][key]:.4f}" for n, _ in shown)
+        if compare:
+            a, b = tuned[key], base[key]
+            better = label if (a > b if higher else a < b) else ("same" if a == b else "base")
+            cells += f" | {better}"
+        lines.append(f"| {name} | {cells} |")
+    times = ", ".join(f"{t} {models[n]['seconds']} s" for n, t in shown)
     lines += ["", f"Time: {times}. {'Predictions' if classifier else 'Answers'} side by side: eval_samples.jsonl.",
               "", "![evaluation](eval_report.png)", ""]
     return "\n".join(lines)

@@ -75,8 +75,10 @@ def _with_adapters(base, adapters: list[str], adapter_names: list[str] | None):
 
 
 def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, ec: EvalConfig,
-                    gen: GenerateConfig, device: str, seed: int = 0, adapter_names: list[str] | None = None) -> dict:
-    """pass@k of the base model and each adapter on `tasks`; writes the reports into `out`."""
+                    gen: GenerateConfig, device: str, seed: int = 0, adapter_names: list[str] | None = None,
+                    ggufs: list[str] = ()) -> dict:
+    """pass@k of the base model, each adapter and each GGUF file (in llama.cpp) on `tasks`; writes
+    the reports into `out`."""
     from codelora.models.sources import load_base, pick_device
 
     dev = pick_device(device)
@@ -86,23 +88,39 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
     limits = Limits(timeout_s=ec.timeout)
     entries, all_results, answers = {}, {}, {}
     t0 = time.perf_counter()
-    for name in ["base", *names]:
+    files = _gguf_models(ggufs, fmt, tasks, gen, ["base", *names])
+    for name in ["base", *names, *files]:
         ctx = model.disable_adapter() if name == "base" and names else contextlib.nullcontext()
-        if name != "base":
+        if name in names:
             model.set_adapter(name)
         say(f"{name}: generating {ec.samples} answer(s) for {len(tasks)} tasks ...")
         with ctx:
-            answers[name] = _generate(model, fmt, tasks, ec, gen, dev, seed)
+            answers[name] = _generate(files.get(name, model), fmt, tasks, ec, gen, dev, seed)
         say(f"{name}: running {sum(len(v) for v in answers[name].values())} samples in the sandbox ...")
         results = execute(tasks, answers[name], limits, from_chat=True)
         entries[name] = (summarize(results, _ks(ec.samples)), results)
         all_results[name] = results
     report = _report(entries, tasks, limits, time.perf_counter() - t0)
-    report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)), "samples_per_task": ec.samples,
+    report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)),
+                   "gguf": {name: str(f.path) for name, f in files.items()}, "samples_per_task": ec.samples,
                    "temperature": ec.sample_temperature if ec.samples > 1 else 0.0,
                    "max_new_tokens": gen.max_new_tokens})
     _write(report, all_results, out, answers)
     return report
+
+
+def _gguf_models(paths: list[str], fmt, tasks: list[Task], gen: GenerateConfig, taken: list[str]) -> dict:
+    """{name: GgufModel} for each file (named by its stem), with room for the longest prompt + answer."""
+    from codelora.models.gguf_model import GgufModel, context_for
+
+    longest = max((len(fmt.prompt_ids(t.instruction)) for t in tasks), default=0) + gen.max_new_tokens
+    files: dict = {}
+    for path in paths:
+        name = Path(path).stem
+        while name in files or name in taken:
+            name += "'"
+        files[name] = GgufModel(path, n_ctx=context_for(longest), tokenizer=fmt.tok)
+    return files
 
 
 def _report(entries: dict, tasks: list[Task], limits: Limits, seconds: float) -> dict:

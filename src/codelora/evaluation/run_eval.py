@@ -3,6 +3,7 @@ run trained (its adapter, or its whole model for full / top-K runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -32,8 +33,9 @@ def evaluate_trained(trained, cfg: RunConfig) -> dict:
                           trained.tokenizer.pad_token_id, trained.device, trained.run_dir)
 
 
-def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None) -> dict:
-    """Evaluate a finished run again; `overrides` are dotted config fields (e.g. {"eval.limit": 5})."""
+def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None, ggufs: list[str] = ()) -> dict:
+    """Evaluate a finished run again; `overrides` are dotted config fields (e.g. {"eval.limit": 5});
+    `ggufs`: exported GGUF files evaluated beside it in llama.cpp (same rows, same metrics)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CodeloraError(f"{run_dir} is not a codelora run directory (config.yaml is missing)")
@@ -60,5 +62,29 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
         model = base
     else:  # the run directory holds the whole tuned model
         model = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, labels=labels)[0]
-    return compare_models(candidates(model, method, lambda: base), fmt, data.rows_of("test"), data.examples_of("test"),
-                          cfg, tokenizer.pad_token_id, device, run_dir)
+    rows, examples = data.rows_of("test"), data.examples_of("test")
+    models = candidates(model, method, lambda: base) + gguf_candidates(ggufs, fmt, rows, examples, cfg, labels)
+    return compare_models(models, fmt, rows, examples, cfg, tokenizer.pad_token_id, device, run_dir)
+
+
+def gguf_candidates(paths: list[str], fmt, rows, examples, cfg: RunConfig, labels) -> list:
+    """(name, GgufModel, context) per file, named by file stem; each with a context that fits the
+    longest test example and the longest prompt plus its answer."""
+    if not paths:
+        return []
+    if labels is not None or cfg.model.task != "causal-lm":
+        raise CodeloraError(f"--gguf evaluates causal language models; this run has model.task={cfg.model.task}")
+    from codelora.data.prompts import user_message
+    from codelora.models.gguf_model import GgufModel, context_for
+
+    longest = max([len(e.input_ids) for e in examples] +
+                  [len(fmt.prompt_ids(user_message(r))) + cfg.generate.max_new_tokens for r in rows])
+    out, names = [], set()
+    for path in paths:
+        name = Path(path).stem
+        while name in names or name in ("base", "adapter"):
+            name += "'"
+        names.add(name)
+        out.append((name, GgufModel(path, n_ctx=context_for(longest), all_logits=True, tokenizer=fmt.tok),
+                    contextlib.nullcontext()))
+    return out

@@ -67,6 +67,43 @@ class Sequence:
         self.cancelled = True
 
 
+def start(seq: Sequence, tokenizer, stop_ids: list[int], device: str = "cpu") -> Sequence:
+    """Give `seq` its text stream, random generator and banned tokens before its first step."""
+    seq.text_stream = TextStream(tokenizer, seq.stop, seq.strip)
+    if seq.gen.temperature > 0:
+        seq.generator = torch.Generator(device=device)  # multinomial needs one on the logits' device
+        seq.generator.manual_seed(seq.seed if seq.seed is not None else torch.seed())
+    seq.banned = tuple(stop_ids) if seq.min_new_tokens > 0 else ()
+    seq.added_at = time.perf_counter()
+    return seq
+
+
+def advance(seq: Sequence, token: int, stop_ids: list[int]) -> str | None:
+    """Append `token` to `seq` and release its text; the reason it ended ("stop", "length"), if it did."""
+    seq.tokens.append(token)
+    seq.first_token_at = seq.first_token_at or time.perf_counter()
+    if seq.banned and len(seq.tokens) >= seq.min_new_tokens:
+        seq.banned = ()
+    reason = None
+    if token in stop_ids and not seq.banned:
+        reason = "stop"
+    elif len(seq.tokens) >= seq.gen.max_new_tokens:
+        reason = "length"
+    piece = seq.text_stream.update(seq.tokens[:-1] if reason == "stop" and token in stop_ids else seq.tokens)
+    if piece and seq.on_update:
+        seq.on_update(seq, piece)
+    return reason or ("stop" if seq.text_stream.stopped else None)
+
+
+def end(seq: Sequence, reason: str) -> None:
+    """Mark `seq` ended and release the rest of its text (nothing more for a cancelled one)."""
+    seq.ended_at = time.perf_counter()
+    seq.finish_reason = reason
+    piece = seq.text_stream.finish() if reason not in ("cancelled", "error") else ""
+    if seq.on_update:
+        seq.on_update(seq, piece)
+
+
 def left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask of `seqs` left-padded to one width (a batch's prompts)."""
     width = max(len(s) for s in seqs)
@@ -111,12 +148,7 @@ class Batcher:
 
     # -- queue ------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> Sequence:
-        seq.text_stream = TextStream(self.tokenizer, seq.stop, seq.strip)
-        if seq.gen.temperature > 0:
-            seq.generator = torch.Generator(device=self.device)  # multinomial needs one on the logits' device
-            seq.generator.manual_seed(seq.seed if seq.seed is not None else torch.seed())
-        seq.banned = tuple(self.stop_ids) if seq.min_new_tokens > 0 else ()
-        seq.added_at = time.perf_counter()
+        start(seq, self.tokenizer, self.stop_ids, self.device)
         with self._lock:
             self.waiting.append(seq)
         return seq
@@ -201,28 +233,10 @@ class Batcher:
 
     def _advance(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         """Append each row's next token, release its text, and drop the rows that ended."""
-        ended = []
-        for seq, token in zip(rows, next_tokens(logits, rows)):
-            seq.tokens.append(token)
-            seq.first_token_at = seq.first_token_at or time.perf_counter()
-            if seq.banned and len(seq.tokens) >= seq.min_new_tokens:
-                seq.banned = ()
-            reason = self._finished(seq, token)
-            piece = seq.text_stream.update(seq.tokens[:-1] if reason == "stop" and token in self.stop_ids
-                                           else seq.tokens)
-            if piece and seq.on_update:
-                seq.on_update(seq, piece)
-            if reason or seq.text_stream.stopped:
-                ended.append((seq, reason or "stop"))
+        ended = [(seq, reason) for seq, token in zip(rows, next_tokens(logits, rows))
+                 if (reason := advance(seq, token, self.stop_ids))]
         for seq, reason in ended:
             self._drop([seq], reason)
-
-    def _finished(self, seq: Sequence, token: int) -> str | None:
-        if token in self.stop_ids and not seq.banned:
-            return "stop"
-        if len(seq.tokens) >= seq.gen.max_new_tokens:
-            return "length"
-        return None
 
     def _drop(self, seqs: list[Sequence], reason: str) -> None:
         if not seqs:
@@ -248,12 +262,8 @@ class Batcher:
             self._end(s, reason)
 
     def _end(self, seq: Sequence, reason: str) -> None:
-        seq.ended_at = time.perf_counter()
-        seq.finish_reason = reason
         self.ended += 1
-        piece = seq.text_stream.finish() if reason not in ("cancelled", "error") else ""
-        if seq.on_update:
-            seq.on_update(seq, piece)
+        end(seq, reason)
 
     @property
     def _pad_id(self) -> int:

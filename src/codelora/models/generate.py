@@ -4,6 +4,7 @@
 Causal LMs go through the continuous batcher (`models/batcher.py`): prompts are fed shortest
 first, at most `batch_size` run together, and a finished answer frees its slot at once.
 Encoder-decoder models use transformers' `generate` on static, length-sorted, left-padded batches.
+A GGUF file (`models/gguf_model.py`) answers in llama.cpp, one question after another.
 Answers come back in the order of the questions.
 """
 
@@ -13,6 +14,7 @@ import torch
 
 from codelora.config import GenerateConfig
 from codelora.models.batcher import Batcher, Sequence, left_pad
+from codelora.models.gguf_model import GgufModel
 
 
 def decoding_kwargs(fmt, gen: GenerateConfig) -> dict:
@@ -42,6 +44,9 @@ def generate_answers(model, fmt, questions: list[str], gen: GenerateConfig, batc
         return _static_batches(model, fmt, prompts, gen, batch_size, device)
     base_seed = seed if seed is not None else (int(torch.randint(0, 2**62, (1,))) if gen.temperature > 0 else 0)
     seqs = [Sequence(p, gen, seed=base_seed + i, on_update=on_update) for i, p in enumerate(prompts)]
+    if isinstance(model, GgufModel):  # a GGUF file in llama.cpp: one sequence at a time
+        model.run(seqs, fmt.stop_ids)
+        return [s.text for s in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(prompts[i]))
     Batcher(model, fmt.tok, fmt.stop_ids, batch_size, device).run([seqs[i] for i in order])
     return [s.text for s in seqs]

@@ -9,6 +9,7 @@ or Inf. The merged model is written (staged, then renamed) as safetensors with t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from codelora.config import MergeConfig, validated
@@ -30,7 +31,7 @@ class ParityError(CodeloraError):
     pass
 
 
-def _probe_ids(fmt) -> list[list[int]]:
+def probe_ids(fmt) -> list[list[int]]:
     return [fmt.encode({"instruction": q, "input": "", "output": a}).input_ids for q, a in PROBES]
 
 
@@ -73,23 +74,25 @@ def parity_verdict(stats: dict, t: MergeConfig) -> str | None:
     return None
 
 
-def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, overwrite: bool = False) -> dict:
-    """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
+@dataclass
+class Merged:
+    """A merged model that passed the gate, with what was needed to build and check it."""
+
+    model: object
+    tokenizer: object
+    fmt: object
+    source: object  # the base's ModelSource
+    report: dict
+
+
+def merged_model(run_dir: Path, mc: MergeConfig, dev: str) -> Merged:
+    """Load the adapter of `run_dir` on its base, merge it, and gate the merge (ParityError if unfaithful)."""
     from codelora.console import say
     from codelora.data.prompts import PromptFormat
     from codelora.models.adapters import base_model_of, check_same_base, check_shapes
-    from codelora.models.lora import check_adapter_dir, count_parameters, load_adapter
-    from codelora.models.sources import load_base, pick_device
-    from codelora.io.files import write_json_atomic
-    from codelora.io.rundir import staged_run_dir
+    from codelora.models.lora import count_parameters, load_adapter
+    from codelora.models.sources import load_base
 
-    run_dir, out = check_adapter_dir(run_dir), Path(out)
-    if out.exists() and not overwrite:
-        raise CodeloraError(f"{out} exists; pass --overwrite to replace it")
-    if out.resolve() == run_dir.resolve():
-        raise CodeloraError("--out must differ from the adapter directory")
-    mc = validated(mc or MergeConfig(), "--")
-    dev = pick_device(mc.device)
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"  # merge into full-precision weights
     base, tokenizer, source = load_base(model_cfg, dev)
@@ -97,7 +100,7 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
     check_shapes(run_dir, base)
     _, base_params = count_parameters(base)
     fmt = PromptFormat(tokenizer)
-    ids = _probe_ids(fmt)
+    ids = probe_ids(fmt)
     base_logits = probe_logits(base, ids, dev)
 
     adapted = load_adapter(base, run_dir).eval()
@@ -118,20 +121,42 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
         verdict = f"the merged model has {merged_params:,} parameters, the base {base_params:,}"
     if verdict:
         raise ParityError(f"merge refused, nothing written: {verdict} (adapter {run_dir})")
-    say(f"parity gate passed on {stats['positions']} positions: max |logit diff| {stats['max_abs_diff']:.2e}, "
+    say(f"merge parity gate passed on {stats['positions']} positions: max |logit diff| {stats['max_abs_diff']:.2e}, "
         f"max KL {stats['max_kl']:.2e}; the adapter moves logits by up to {effect['max_abs_diff']:.3g} vs the base")
+    return Merged(merged, tokenizer, fmt, source, report)
 
+
+def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, overwrite: bool = False) -> dict:
+    """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
+    from codelora.console import say
+    from codelora.io.files import write_json_atomic
+    from codelora.io.rundir import staged_run_dir
+    from codelora.models.lora import check_adapter_dir
+    from codelora.models.sources import pick_device
+
+    run_dir, out = check_adapter_dir(run_dir), Path(out)
+    if out.exists() and not overwrite:
+        raise CodeloraError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == run_dir.resolve():
+        raise CodeloraError("--out must differ from the adapter directory")
+    mc = validated(mc or MergeConfig(), "--")
+    m = merged_model(run_dir, mc, pick_device(mc.device))
+    with staged_run_dir(out, overwrite=overwrite) as staged:
+        save_model(m.model, m.tokenizer, staged, name_or_path=str(out))
+        write_json_atomic(staged / "merge_report.json", m.report)
+    say(f"merged model ({m.report['parameters']['merged']:,} parameters, same as the base) written to {out}; "
+        f"use it with --model {out}")
+    return m.report
+
+
+def save_model(model, tokenizer, directory: Path, name_or_path: str) -> None:
+    """save_pretrained of a model and its tokenizer, as safetensors, quietly."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    with staged_run_dir(out, overwrite=overwrite) as staged:
-        merged.config.name_or_path = str(out)
-        merged.save_pretrained(staged)  # safetensors
-        tokenizer.save_pretrained(staged)
-        written = sorted(p.name for p in staged.iterdir())
-        if not any(n.endswith(".safetensors") for n in written):
-            raise ModelError(f"save_pretrained wrote no safetensors file into {staged}: {written}")
-        write_json_atomic(staged / "merge_report.json", report)
-    say(f"merged model ({merged_params:,} parameters, same as the base) written to {out}; "
-        f"use it with --model {out}")
-    return report
+    model.config.name_or_path = name_or_path
+    model.save_pretrained(directory)  # safetensors
+    tokenizer.save_pretrained(directory)
+    written = sorted(p.name for p in directory.iterdir())
+    if not any(n.endswith(".safetensors") for n in written):
+        raise ModelError(f"save_pretrained wrote no safetensors file into {directory}: {written}")

@@ -48,3 +48,23 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, gen
 def _print_piece(seq, piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
+
+
+def ask_gguf(question: str, path: str, gen: GenerateConfig | None = None, lora: str | None = None,
+             stream: bool = True) -> str:
+    """Answer `question` with a GGUF file (and optionally a GGUF LoRA on it) in llama.cpp."""
+    from codelora.models.gguf_model import GgufModel, check_gguf_file, context_for, gguf_tokenizer
+
+    if not question.strip():
+        raise CodeloraError("the question is empty")
+    gen = validated(gen or GenerateConfig())
+    fmt = PromptFormat(gguf_tokenizer(check_gguf_file(path)))  # the file's own tokenizer and chat template
+    model = GgufModel(path, n_ctx=context_for(len(fmt.prompt_ids(question)) + gen.max_new_tokens), lora=lora,
+                      tokenizer=fmt.tok)
+    try:
+        (answer,) = generate_answers(model, fmt, [question], gen, 1, "cpu", on_update=_print_piece if stream else None)
+    finally:
+        model.close()
+    if stream:
+        print(flush=True)
+    return answer
