@@ -95,6 +95,15 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
                    help="with --resume, accept a checkpoint without optimizer or RNG state (results will differ)")
 
 
+def _add_run_dir_command(sub, name: str, help_: str, run_dir_help: str, out_help: str, flags: dict, cls: type) -> None:
+    """A subcommand that turns a run directory into a new output directory (merge, export)."""
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("run_dir", help=run_dir_help)
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_flags(p, flags, cls)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="codelora", description="Fine-tune language models with LoRA into Python code assistants.")
     parser.add_argument("--version", action="version", version=f"codelora {__import__('codelora').__version__}")
@@ -145,19 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "to apply on it")
     add_flags(p, ASK_FLAGS)
 
-    p = sub.add_parser("merge", help="fold an adapter into its base model (full safetensors model), "
-                                     "after a merged-vs-adapter parity check")
-    p.add_argument("run_dir", help="a run directory (or any peft adapter folder)")
-    p.add_argument("--out", required=True, help="directory for the merged model")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    add_flags(p, MERGE_FLAGS, MergeConfig)
-
-    p = sub.add_parser("export", help="a run as GGUF files for llama.cpp and Ollama (with a Modelfile), checked "
-                                      "against the PyTorch model in llama.cpp")
-    p.add_argument("run_dir", help="a run directory (an adapter, or the whole model of a full / top-K run)")
-    p.add_argument("--out", required=True, help="directory for the GGUF files, Modelfile and export_report.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    add_flags(p, EXPORT_FLAGS, ExportConfig)
+    _add_run_dir_command(sub, "merge", "fold an adapter into its base model (full safetensors model), after a "
+                         "merged-vs-adapter parity check", "a run directory (or any peft adapter folder)",
+                         "directory for the merged model", MERGE_FLAGS, MergeConfig)
+    _add_run_dir_command(sub, "export", "a run as GGUF files for llama.cpp and Ollama (with a Modelfile), checked "
+                         "against the PyTorch model in llama.cpp",
+                         "a run directory (an adapter, or the whole model of a full / top-K run)",
+                         "directory for the GGUF files, Modelfile and export_report.json", EXPORT_FLAGS, ExportConfig)
 
     p = sub.add_parser("serve", help="HTTP API and web page: one base model, adapters chosen per request")
     p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")

@@ -33,13 +33,24 @@ def converter_dir() -> Path:
     return d
 
 
-def _run(script: str, args: list[str], what: str) -> None:
+def _run(script: str, args: list[str], what: str) -> str:
     d = converter_dir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(d / "gguf-py"), str(d)])}
     env.pop("NO_LOCAL_GGUF", None)  # the scripts must use the gguf package vendored beside them
     r = subprocess.run([sys.executable, str(d / script), *args], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise ExportError(f"llama.cpp's {script} could not convert {what}: {_reason(r.stderr)}")
+    return r.stdout + r.stderr
+
+
+def check_architecture(architecture: str | None, model: str) -> None:
+    """Refuse, before any work, a model whose architecture llama.cpp's converter does not know."""
+    listing = _run("convert_hf_to_gguf.py", ["--print-supported-models"], "anything (listing its models)")
+    text_models = listing.split("TEXT models:")[-1].split("models:")[0]
+    supported = set(re.findall(r"^\s*-\s*(\S+)", text_models, flags=re.M))
+    if architecture not in supported:
+        raise ExportError(f"llama.cpp does not support the architecture {architecture} of {model}, so it cannot be "
+                          f"exported as GGUF (codelora merge still works)")
 
 
 def _reason(stderr: str) -> str:

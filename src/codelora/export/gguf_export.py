@@ -21,7 +21,8 @@ from pathlib import Path
 
 from codelora.config import ExportConfig, MergeConfig, ModelConfig, validated
 from codelora.console import say
-from codelora.export.converters import ExportError, convert_lora, convert_model, converter_dir
+from codelora.export.converters import (ExportError, check_architecture, convert_lora, convert_model,
+                                         converter_dir)
 from codelora.export.modelfile import modelfile
 from codelora.export.parity import Reference, check_file, verdict
 from codelora.export.quantize import quantize
@@ -41,6 +42,7 @@ def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bo
     if out.resolve() == run_dir.resolve():
         raise ExportError("--out must differ from the run directory")
     import_llama_cpp(), converter_dir()  # say what to install before any work
+    check_architecture(*_architecture(run_dir, kind))
     dev = pick_device(ec.device)
     t0 = time.perf_counter()
     with staged_run_dir(out, overwrite=overwrite) as staged:
@@ -80,6 +82,22 @@ def _run_kind(run_dir: Path, ec: ExportConfig) -> str:
     if ec.format == "gguf-lora" and kind != "adapter":
         raise ExportError(f"{run_dir} holds a whole model (a full / top-K run): export it with --format gguf")
     return kind
+
+
+def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
+    """(transformers architecture, the model's name) of what will be converted."""
+    from transformers import AutoConfig
+
+    from codelora.models.adapters import base_model_of
+    from codelora.models.sources import resolve_model
+
+    if kind == "model":
+        path, name = run_dir, str(run_dir)
+    else:
+        model_cfg = base_model_of(run_dir)
+        path, name = resolve_model(model_cfg).path, model_cfg.name
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    return (config.architectures or [None])[0], name
 
 
 # -- format gguf: the whole model --------------------------------------------------------------------
