@@ -73,7 +73,7 @@ bench: install
 bench-serve: install
 	$(BIN)/python benchmarks/serve_latency.py
 
-# GGUF in llama.cpp vs codelora serve, single stream (~6 min; docs/performance.md)
+# GGUF in llama.cpp vs codelora serve, single stream (~4 min; docs/performance.md)
 bench-gguf: install
 	$(BIN)/python benchmarks/gguf_speed.py
 
