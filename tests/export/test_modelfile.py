@@ -26,7 +26,7 @@ def render_go(template: str, system: str = "", prompt: str = "", response: str |
             stack.append(bool(values[action[3:].strip()]))
         elif action == "else":
             stack[-1] = not stack[-1]
-        elif action == "end":
+        elif action == "end":  # (if blocks only: enough for these templates)
             stack.pop()
         elif all(stack):
             if action == ".Response" and response is None:
@@ -48,6 +48,7 @@ def test_template_reproduces_the_training_prompt(chat_template):
     fmt = PromptFormat(build_tokenizer(chat_template=chat_template))
     template = ollama_template(fmt)
     assert render_go(template, prompt=QUESTION) == fmt.prompt_text(QUESTION)
+    assert render_go(template, prompt=QUESTION, response="") == fmt.prompt_text(QUESTION)  # without Ollama's cut
     if chat_template:  # a system message lands where the chat template puts it
         expected = fmt.tok.apply_chat_template([{"role": "system", "content": "Be terse."},
                                                 {"role": "user", "content": QUESTION}],

@@ -4,7 +4,7 @@ The TEMPLATE is derived from the model's own chat template, not hand-written: th
 marker question is rendered (with and without a marker system message) and the markers are
 replaced by Ollama's `{{ .System }}` and `{{ .Prompt }}`. Without a system message Ollama renders
 exactly what `PromptFormat` builds (a template's default system prompt, like SmolLM2's, included);
-Ollama cuts the template after `{{ .Response }}` for the turn being generated.
+the end-of-turn token follows `{{ .Response }}` only when there is one (a past turn).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def ollama_template(fmt) -> str:
             mid = rest[: rest.index(PROMPT_MARK)]
             head = f"{{{{ if .System }}}}{_go(pre)}{{{{ .System }}}}{_go(mid)}{{{{ else }}}}{head}{{{{ end }}}}"
     end_of_turn = fmt.tok.decode([fmt.end_of_turn_id])
-    return f"{head}{{{{ .Prompt }}}}{_go(after)}{{{{ .Response }}}}{_go(end_of_turn)}"
+    # the end of turn only after a response: right whether or not Ollama cuts at .Response
+    return f"{head}{{{{ .Prompt }}}}{_go(after)}{{{{ .Response }}}}{{{{ if .Response }}}}{_go(end_of_turn)}{{{{ end }}}}"
 
 
 def stop_strings(fmt) -> list[str]:
