@@ -21,6 +21,7 @@ from pathlib import Path
 
 from codelora.config import ExportConfig, MergeConfig, ModelConfig, validated
 from codelora.console import say
+from codelora.errors import first_line
 from codelora.export.converters import (ExportError, check_architecture, convert_lora, convert_model,
                                          converter_dir)
 from codelora.export.modelfile import modelfile
@@ -96,7 +97,10 @@ def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
     else:
         model_cfg = base_model_of(run_dir)
         path, name = resolve_model(model_cfg).path, model_cfg.name
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except OSError as e:  # a Hub model that is neither cached nor reachable
+        raise ExportError(f"cannot read the config of the base model {name}: {first_line(e)}") from None
     return (config.architectures or [None])[0], name
 
 
