@@ -58,12 +58,12 @@ def measure(model_path: str, quantize: str, batch: int, args) -> dict:
     from codelora.models.lora import apply_lora
     from codelora.models.sources import load_base
     from codelora.training.loop import fit
-    from codelora.training.setup import resolve_precision
+    from codelora.models.precision import choose_precision
     from codelora.training.step import StepContext
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    dtype = resolve_precision("auto", "cuda")
+    dtype = choose_precision("auto", "cuda", (0, 0)).dtype
     model, tok, _ = load_base(ModelConfig(name=model_path, quantize=quantize), "cuda", dtype=dtype)
     if quantize != "none":
         from peft import prepare_model_for_kbit_training

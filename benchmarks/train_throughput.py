@@ -87,7 +87,12 @@ def run_codelora(args) -> dict:
     from codelora.training.loop import fit
     from codelora.training.step import StepContext
 
-    model, tok, _ = load_base(ModelConfig(name=args.model), "cpu")
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model, tok, _ = load_base(ModelConfig(name=args.model), "cpu", dtype=dtype)
+    if args.precision == "bf16":  # what codelora's set-up does for bf16 on a CPU
+        from codelora.models.precision import Precision, fp32_attention_on_cpu
+
+        fp32_attention_on_cpu(model, Precision(dtype, "bf16", "benchmark"), "cpu")
     model = apply_lora(model, LoraSettings())  # the defaults: r=16, alpha=32, dropout 0, q,k,v,o
     fmt = PromptFormat(tok)
     rows = _rows(args.data, (args.warmup + args.steps) * args.batch_size)
@@ -97,7 +102,7 @@ def run_codelora(args) -> dict:
     tc = TrainConfig(batch_size=args.batch_size, save_every=0, epochs=1)  # codelora's defaults otherwise
     if args.max_batch_tokens:
         tc.max_batch_tokens = args.max_batch_tokens
-    ctx = StepContext(model, tok.pad_token_id, "cpu", max_batch_tokens=tc.batch_token_budget("cpu"))
+    ctx = StepContext(model, tok.pad_token_id, "cpu", max_batch_tokens=tc.batch_token_budget("cpu"), dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         if warm:
             fit(ctx, warm, warm[:1], tc, 0, Path(tmp))
@@ -178,6 +183,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-batch-tokens", type=int, help="override codelora's train.max_batch_tokens default")
     p.add_argument("--skip-reference", action="store_true", help="measure codelora only")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="codelora's precision")
     p.add_argument("--variant", choices=["codelora", "reference"], help=argparse.SUPPRESS)  # child process
     p.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -200,6 +206,7 @@ def main() -> None:
               flush=True)
         cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--batch-size", str(args.batch_size), "--data", str(args.data), "--model", args.model,
+               "--precision", args.precision,
                *(["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

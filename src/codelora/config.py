@@ -30,6 +30,9 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_wi
 AUTO_BATCH_TOKENS = {"cpu": 512, "gpu": 16384}
 DEVICES = (r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, cuda, cuda:N or mps")  # (pattern, what it allows)
 API_KEY_ENV = "CODELORA_API_KEY"
+# precision auto on a CPU: bf16 only when a bf16 matmul of the model's shape measures this much
+# faster than fp32 (models/precision.py; the non-matmul work does not speed up)
+AUTO_BF16_MIN_SPEEDUP = 1.8
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,9 @@ class TrainConfig:
     eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch",
                              bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
     device: str = device_option("auto")
-    precision: str = option("auto", "auto (bf16 on a GPU that has it, else fp32; never bf16 on a CPU: ~100x "
-                                    "slower there), fp32 or bf16", choices=("auto", "fp32", "bf16"))
+    precision: str = option("auto", "auto (bf16 on a GPU that has it; on a CPU bf16 only where a short matmul "
+                                    "probe measures it much faster than fp32), fp32 or bf16",
+                            choices=("auto", "fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
     save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C",
                              bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")

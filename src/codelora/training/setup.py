@@ -14,7 +14,8 @@ from codelora.data.labels import label_names
 from codelora.data.prompts import PromptFormat
 from codelora.models.lora import apply_lora, count_parameters
 from codelora.models.methods import set_trainable
-from codelora.models.sources import ModelSource, load_base, pick_device
+from codelora.models.precision import Precision, choose_precision, fp32_attention_on_cpu, matmul_shape
+from codelora.models.sources import ModelSource, load_base, pick_device, resolve_model
 from codelora.training.distributed import Dist, init_distributed
 
 
@@ -33,6 +34,7 @@ class Setup:
     dist: Dist
     trainable: int  # parameters that train
     total: int  # parameters of the model (with its adapters)
+    precision: Precision  # what was chosen for train.precision, and why
 
 
 def set_up(cfg: RunConfig) -> Setup:
@@ -41,12 +43,14 @@ def set_up(cfg: RunConfig) -> Setup:
 
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
     device, dist = pick_processes(cfg.train.device)
-    dtype = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg, device)
+    dtype = precision.dtype
     task = cfg.model.task
     loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
     labels = label_names(loaded.rows) if task == "classification" else None
     model, tokenizer, source = load_model(cfg, device, dtype, labels)
-    say(f"model {source.name} ({source.kind}) on {device}, {str(dtype).removeprefix('torch.')}"
+    fp32_attention_on_cpu(model, precision, device)
+    say(f"model {source.name} ({source.kind}) on {device}, {precision.name} ({precision.reason})"
         + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
         + (f", {dist.world} processes" if dist.enabled else ""))
     fmt = task_format(task, tokenizer, labels)
@@ -56,7 +60,7 @@ def set_up(cfg: RunConfig) -> Setup:
     trainable, total = count_parameters(model)
     say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
         + (f"; labels: {', '.join(labels)}" if labels else ""))
-    return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total)
+    return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total, precision)
 
 
 def pick_processes(device_setting: str) -> tuple[str, Dist]:
@@ -69,13 +73,15 @@ def pick_processes(device_setting: str) -> tuple[str, Dist]:
     return device, dist
 
 
-def resolve_precision(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    if name == "bf16" and device == "cpu":
-        say("warning: train.precision=bf16 on a CPU: bf16 matmuls are ~100x slower than fp32 on most CPUs")
-    return torch.bfloat16 if name == "bf16" else torch.float32
+def resolve_precision(cfg: RunConfig, device: str) -> Precision:
+    """train.precision for this device; on a CPU measured on the model's own matmul shape."""
+    from transformers import AutoConfig
+
+    shape = (768, 3072)
+    if cfg.train.precision != "fp32" and device.startswith("cpu"):
+        source = resolve_model(cfg.model)
+        shape = matmul_shape(AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code))
+    return choose_precision(cfg.train.precision, device, shape)
 
 
 def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str] | None):

@@ -82,6 +82,7 @@ def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
         "model": s.source.to_dict(),
         "device": s.device,
         "precision": str(s.dtype).removeprefix("torch."),
+        "precision_choice": s.precision.record(),
         "processes": s.dist.world,
         "data": s.data.summary(),
         "parameters": {"trainable": s.trainable, "total": s.total},

@@ -1,0 +1,81 @@
+"""precision auto: bf16 only where this machine's measured bf16 matmuls are fast (probe injected
+here for both kinds of CPU); bf16 training agrees with fp32."""
+
+import json
+
+import pytest
+import torch
+
+from codelora.config import AUTO_BF16_MIN_SPEEDUP
+from codelora.models.precision import Probe, choose_precision, matmul_shape, probe_matmul
+
+AMX_LIKE = Probe((512, 576, 1536), 300.0, 1900.0)  # measured on an AMX Xeon (2026-12-01)
+AVX2_ONLY = Probe((512, 576, 1536), 160.0, 1.2)  # the AVX2 machines: bf16 ~100x slower
+
+
+def injected(p: Probe):
+    calls = []
+
+    def probe(hidden, inter):
+        calls.append((hidden, inter))
+        return p
+    return probe, calls
+
+
+def test_auto_takes_bf16_where_the_probe_measures_it_faster():
+    probe, calls = injected(AMX_LIKE)
+    p = choose_precision("auto", "cpu", (576, 1536), probe)
+    assert p.dtype == torch.bfloat16 and calls == [(576, 1536)]
+    assert "1900 GFLOP/s vs fp32 300" in p.reason
+    assert p.record()["probe"]["speedup"] == pytest.approx(6.33, abs=0.01) and p.record()["chosen"] == "bf16"
+
+
+def test_auto_keeps_fp32_where_bf16_is_slow_or_not_fast_enough():
+    assert choose_precision("auto", "cpu", (576, 1536), injected(AVX2_ONLY)[0]).dtype == torch.float32
+    barely = Probe((512, 576, 1536), 100.0, 100.0 * AUTO_BF16_MIN_SPEEDUP * 0.99)
+    p = choose_precision("auto", "cpu", (576, 1536), injected(barely)[0])
+    assert p.dtype == torch.float32 and f"< {AUTO_BF16_MIN_SPEEDUP}x" in p.reason
+
+
+def test_explicit_settings(capsys):
+    probe, calls = injected(AVX2_ONLY)
+    assert choose_precision("fp32", "cpu", (576, 1536), probe).dtype == torch.float32 and calls == []
+    p = choose_precision("bf16", "cpu", (576, 1536), probe)
+    assert p.dtype == torch.bfloat16
+    assert "bf16 will be slower here" in capsys.readouterr().err and "1 GFLOP/s vs fp32 160" in p.reason
+    assert choose_precision("auto", "mps", (576, 1536), probe).dtype == torch.float32 and calls == [(576, 1536)]
+
+
+def test_the_probe_measures_this_machine_and_shapes_come_from_the_config():
+    from transformers import LlamaConfig, T5Config
+
+    p = probe_matmul(64, 128, seconds=0.01)
+    assert p.shape == (512, 64, 128) and p.fp32_gflops > 0 and p.bf16_gflops > 0
+    assert matmul_shape(LlamaConfig(hidden_size=64, intermediate_size=128)) == (64, 128)
+    assert matmul_shape(T5Config(d_model=32, d_ff=64)) == (32, 64)
+
+
+def test_bf16_training_agrees_with_fp32(tiny_model_dir, data_file, tmp_path):
+    """20 steps of the tiny model in each precision: the same loss curve within 2% per step (bf16
+    keeps ~3 significant digits; the LoRA weights and the optimizer stay fp32), and the manifest
+    says what was chosen and why."""
+    from adapters_helpers import train_with_codelora
+
+    logs, manifests = {}, {}
+    for precision in ("fp32", "bf16"):
+        run = train_with_codelora(tiny_model_dir, data_file, tmp_path / precision, steps=20,
+                                  extra=("--set", f"train.precision={precision}", "--set", "train.eval_every=10"))
+        logs[precision] = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+        manifests[precision] = json.loads((run / "manifest.json").read_text())
+    train = {k: [e["loss"] for e in v if e["split"] == "train"] for k, v in logs.items()}
+    assert len(train["fp32"]) == len(train["bf16"]) == 20
+    assert train["fp32"][-1] < train["fp32"][0] - 0.2  # it learned something, so the curves say something
+    for a, b in zip(train["fp32"], train["bf16"]):
+        assert abs(a - b) <= 0.02 * a
+    assert train["fp32"] != train["bf16"]  # bf16 really ran
+    val = {k: [e["loss"] for e in v if e["split"] == "validation"] for k, v in logs.items()}
+    assert abs(val["fp32"][-1] - val["bf16"][-1]) <= 0.02 * val["fp32"][-1]
+    assert manifests["bf16"]["precision"] == "bfloat16"
+    assert manifests["bf16"]["precision_choice"]["setting"] == "bf16"
+    assert manifests["fp32"]["precision_choice"] == {"setting": "fp32", "chosen": "fp32", "reason": "asked for",
+                                                     "probe": None}
