@@ -23,7 +23,8 @@ def e2e_run(tmp_path_factory):
         "out": str(tmp / "run"),
         "model": {"name": "smollm2-135m"},
         "data": {"source": str(data), "limit": 24},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3},
+        # fp32 pinned: the reload test below compares with plain fp32 peft (auto may pick bf16 on this CPU)
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "precision": "fp32"},
         "generate": {"max_new_tokens": 24},
         "eval": {"batch_size": 4, "tasks": str(TASKS_FILE), "tasks_limit": 2,
                  "allow_code_execution": True},

@@ -37,6 +37,16 @@ def test_auto_keeps_fp32_where_bf16_is_slow_or_not_fast_enough():
     assert p.dtype == torch.float32 and f"< {AUTO_BF16_MIN_SPEEDUP}x" in p.reason
 
 
+def test_tiny_models_stay_fp32_without_probing_and_the_probe_leaves_the_rng_alone():
+    probe, calls = injected(AMX_LIKE)
+    assert choose_precision("auto", "cpu", (64, 128), probe).dtype == torch.float32 and calls == []
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    probe_matmul.__wrapped__(64, 128, seconds=0.01)  # uncached: really measures
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_explicit_settings(capsys):
     probe, calls = injected(AVX2_ONLY)
     assert choose_precision("fp32", "cpu", (576, 1536), probe).dtype == torch.float32 and calls == []
@@ -79,3 +89,24 @@ def test_bf16_training_agrees_with_fp32(tiny_model_dir, data_file, tmp_path):
     assert manifests["bf16"]["precision_choice"]["setting"] == "bf16"
     assert manifests["fp32"]["precision_choice"] == {"setting": "fp32", "chosen": "fp32", "reason": "asked for",
                                                      "probe": None}
+
+
+def test_a_bf16_run_is_evaluated_again_in_bf16(tiny_model_dir, data_file, tmp_path):
+    """`codelora eval RUN_DIR` rebuilds the models in the precision the run trained and evaluated in,
+    so it reproduces the run's report; the run records its precision for --resume."""
+    from cli_helpers import run_cli
+
+    out = tmp_path / "run"
+    (tmp_path / "c.yaml").write_text("seed: 3\n")
+    r = run_cli("run", tmp_path / "c.yaml", "--model", tiny_model_dir, "--data", data_file, "--out", out,
+                "--max-steps", "3", "--set", "train.precision=bf16", "--set", "generate.max_new_tokens=8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "eval_report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "bfloat16"
+    assert json.loads((out / "precision.json").read_text()) == manifest["precision_choice"]
+    again = run_cli("eval", out, "--max-new-tokens", "8")
+    assert again.returncode == 0, again.stderr[-3000:]
+    redo = json.loads((out / "eval_report.json").read_text())
+    for name in ("base", "adapter"):
+        assert redo["models"][name]["eval_loss"] == pytest.approx(report["models"][name]["eval_loss"], abs=1e-5)

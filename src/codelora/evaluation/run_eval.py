@@ -16,12 +16,19 @@ from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base, pick_device
 
 
-def seeded_base(cfg: RunConfig, device: str, labels: list[str] | None):
-    """load_base after seeding as `train` does, so a classifier's new head starts as the trained one did."""
+def seeded_base(cfg: RunConfig, device: str, labels: list[str] | None, bf16: bool = False):
+    """load_base after seeding as `train` does, so a classifier's new head starts as the trained one did;
+    `bf16`: in the precision a bf16 run trained and evaluated in."""
+    import torch
     import transformers
 
+    from codelora.models.precision import Precision, fp32_attention_on_cpu
+
     transformers.set_seed(cfg.seed)
-    return load_base(cfg.model, device, labels=labels)
+    loaded = load_base(cfg.model, device, dtype=torch.bfloat16 if bf16 else None, labels=labels)
+    if bf16:
+        fp32_attention_on_cpu(loaded[0], Precision(torch.bfloat16, "bf16", "as the run"), device)
+    return loaded
 
 
 def evaluate_trained(trained, cfg: RunConfig) -> dict:
@@ -47,12 +54,14 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
     method, task = cfg.train.method, cfg.model.task
     loaded = load_task_data(cfg.data, task)
     labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
-    base, tokenizer, _ = seeded_base(cfg, device, labels)
+    manifest = run_dir / "manifest.json"
+    trained = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    bf16 = method in ("lora", "none") and trained.get("precision") == "bfloat16"  # evaluate as `run` did
+    base, tokenizer, _ = seeded_base(cfg, device, labels, bf16)
     fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file():
-        expected = json.loads(manifest.read_text())["data"]["sha256"]
+    if trained:
+        expected = trained["data"]["sha256"]
         if expected != data.curated.sha256:
             raise DataError(f"the data of {cfg.data.source} differs from what run {run_dir} was trained on "
                             f"(sha256 {data.curated.sha256[:12]} != {expected[:12]}); its test split cannot be rebuilt")

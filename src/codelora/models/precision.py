@@ -20,6 +20,9 @@ from codelora.config import AUTO_BF16_MIN_SPEEDUP
 from codelora.console import say
 
 PROBE_TOKENS = 512  # rows of the probe matmul: a micro-batch's worth of tokens
+# below this hidden size the matmuls are too small for bf16 to pay (measured ~1x at hidden 32-64),
+# and the probe of such tiny products is mostly timing noise
+MIN_BF16_HIDDEN = 256
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ class Precision:
 
 
 def _gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # its own generator: the run's seeded RNG stays untouched
+    a, b = torch.randn(m, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
     a @ b  # first call: kernel selection, packing
     reps, t0 = 0, time.perf_counter()
     while reps < 2 or time.perf_counter() - t0 < seconds:
@@ -89,6 +93,8 @@ def choose_precision(setting: str, device: str, shape: tuple[int, int], probe=pr
         if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return Precision(torch.bfloat16, setting, "this GPU supports bf16")
         return Precision(torch.float32, setting, f"no bf16 path on {device}")
+    if setting == "auto" and shape[0] < MIN_BF16_HIDDEN:
+        return Precision(torch.float32, setting, f"hidden size {shape[0]} < {MIN_BF16_HIDDEN}: too small for bf16 to pay")
     p = probe(*shape)
     measured = (f"bf16 matmuls ran at {p.bf16_gflops:.0f} GFLOP/s vs fp32 {p.fp32_gflops:.0f} "
                 f"({p.speedup:.2f}x) on this CPU, shape {'x'.join(map(str, p.shape))}")

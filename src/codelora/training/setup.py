@@ -37,13 +37,16 @@ class Setup:
     precision: Precision  # what was chosen for train.precision, and why
 
 
-def set_up(cfg: RunConfig) -> Setup:
-    """Everything before the first step, in a fixed order: the seeded RNGs are used in this order."""
+def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
+    """Everything before the first step, in a fixed order: the seeded RNGs are used in this order.
+    `started_with`: the precision record of the run being resumed (it keeps its precision)."""
     import transformers
 
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
     device, dist = pick_processes(cfg.train.device)
-    precision = resolve_precision(cfg, device)
+    precision = resolve_precision(cfg, device) if started_with is None else Precision(
+        torch.bfloat16 if started_with["chosen"] == "bf16" else torch.float32, started_with["setting"],
+        f"{started_with['chosen']}, as when the run started ({started_with['reason']})")
     dtype = precision.dtype
     task = cfg.model.task
     loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load

@@ -11,6 +11,8 @@ optimizer step), then `save_result` here.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +47,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     """Train an adapter into `run_dir`. Under torchrun only rank 0 writes; every rank returns the model."""
     if resume:
         check_same_config(cfg, run_dir)
-    s = set_up(cfg)
+    precision_file = run_dir / "precision.json"  # a resumed run keeps the precision it started with
+    s = set_up(cfg, json.loads(precision_file.read_text()) if resume and precision_file.is_file() else None)
     if s.dist.main:
         dump_config(cfg, run_dir / "config.yaml")
         write_json_atomic(run_dir / "splits.json", s.data.splits)
+        write_json_atomic(precision_file, s.precision.record())
     checkpoint = find_checkpoint(run_dir, s.dist) if resume else None
     ctx = StepContext(s.model, s.tokenizer.pad_token_id, s.device,
                       max_batch_tokens=cfg.train.batch_token_budget(s.device), dtype=s.dtype, dist=s.dist)
