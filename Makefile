@@ -65,8 +65,9 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
-# training throughput: codelora vs the common Trainer recipe (~7 min on 2 cores; docs/performance.md)
+# training throughput: codelora vs TRL's SFTTrainer and the seed recipe (~15 min on 2 cores; docs/performance.md)
 bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/train_throughput.py
 
 # serving latency: base vs merged vs unmerged adapter, adapter switching (~6 min; docs/performance.md)

@@ -1,23 +1,26 @@
-"""Training throughput: codelora's trainer (its defaults) vs the common LoRA recipe, same rows, same steps.
+"""Training throughput: codelora against the peers users pick instead, same rows, same LoRA, one run.
 
-    python benchmarks/train_throughput.py                # ~6 min on 2 CPU cores
-    python benchmarks/train_throughput.py --steps 4 --skip-reference   # codelora only, quick
+    python benchmarks/train_throughput.py                # ~15 min on 2 CPU cores (make bench)
+    python benchmarks/train_throughput.py --skip-reference   # codelora fp32 and auto only, ~2 min
+    python benchmarks/train_throughput.py --only trl-padding-free,codelora --steps 4
 
-The common recipe, as in the published LoRA reports: transformers `Trainer` + peft, rows padded
-to 512 tokens (`padding="max_length"`), labels equal to the inputs (pads masked), LoRA r=16,
-alpha=32, dropout 0.05 on q,k,v,o, fp32, batch 8. codelora: `fit()` with its defaults (LoRA r=16
-on q,k,v,o, dropout 0, dynamic padding, length-grouped batches, answer-only loss computed only at
-supervised positions). Both train `--steps` optimizer steps on the same rows of the data head,
-after `--warmup` steps on other rows; every measured step is counted. Each variant runs in its
-own process, so its peak RSS is its own. This machine's fp32 matmul peak is measured first.
+Variants, each in its own process (its own peak RSS), each training --steps measured optimizer
+steps of batch 8 after --warmup steps, on the same rows of the data head:
+- the seed recipe: transformers `Trainer` + peft, rows padded to 512, labels = inputs, dropout 0.05;
+- TRL 1.16 `SFTTrainer` (the benchmark extra `trl`): dynamic padding, length-grouped, packing
+  (bfd), padding_free, and padding_free with bf16 autocast where the machine's bf16 matmul peak is
+  at least 1.5x its fp32 peak; prompt/completion chat rows, completion-only loss; CPU settings
+  from TRL's docs (no gradient checkpointing, use_cpu);
+- codelora in fp32, and codelora's defaults (`train.precision: auto`, decided by its probe).
+Every peer uses LoRA r=16, alpha 32 on q,k,v,o. Both the fp32 and the bf16 matmul peaks are
+measured before and after the runs; the higher ones are used.
 
 MFU = (4 x non-embedding params x real tokens + 4 x lm-head params x supervised tokens)
-      / seconds / peak FLOP/s
+      / seconds / peak FLOP/s, against the fp32 peak and against the bf16 peak
 (forward 2 FLOPs per weight and token, backward 2 more for the input gradient; the frozen base
-needs no weight gradients; the head runs only at supervised positions.)
+needs no weight gradients; codelora's head runs only at supervised positions, the others' at every one.)
 
-Prints a table, then one JSON line (the last line) with speedup, mfu, tokens_per_s,
-reference_tokens_per_s, peak_rss_gb, peak_gflops and more.
+Prints the CPU, a table, the issue's targets (PASS/FAIL) and one JSON line (the last line).
 """
 
 from __future__ import annotations
