@@ -44,13 +44,13 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
 
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
     device, dist = pick_processes(cfg.train.device)
+    task = cfg.model.task
+    loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
+    labels = label_names(loaded.rows) if task == "classification" else None
     precision = resolve_precision(cfg, device) if started_with is None else Precision(
         torch.bfloat16 if started_with["chosen"] == "bf16" else torch.float32, started_with["setting"],
         f"{started_with['chosen']}, as when the run started ({started_with['reason']})")
     dtype = precision.dtype
-    task = cfg.model.task
-    loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
-    labels = label_names(loaded.rows) if task == "classification" else None
     model, tokenizer, source = load_model(cfg, device, dtype, labels)
     fp32_attention_on_cpu(model, precision, device)
     say(f"model {source.name} ({source.kind}) on {device}, {precision.name} ({precision.reason})"
@@ -80,10 +80,14 @@ def resolve_precision(cfg: RunConfig, device: str) -> Precision:
     """train.precision for this device; on a CPU measured on the model's own matmul shape."""
     from transformers import AutoConfig
 
-    shape = (768, 3072)
+    shape = (768, 3072)  # a model whose config cannot be read here fails to load right after, with its own message
     if cfg.train.precision != "fp32" and device.startswith("cpu"):
         source = resolve_model(cfg.model)
-        shape = matmul_shape(AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code))
+        try:
+            shape = matmul_shape(AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                                            trust_remote_code=cfg.model.trust_remote_code))
+        except (OSError, ValueError):
+            pass
     return choose_precision(cfg.train.precision, device, shape)
 
 
