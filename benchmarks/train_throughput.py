@@ -58,19 +58,6 @@ def peak_gflops(seconds: float = 3.0, dtype: str = "fp32") -> float:
     return best
 
 
-def cpu_description() -> str:
-    import torch
-
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in fields.get("Flags", "").split()]
-    return (f"{fields.get('Model name', 'unknown')}, {os.cpu_count()} cores, torch capability "
-            f"{torch.backends.cpu.get_cpu_capability()}, flags {' '.join(flags)}")
-
-
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
@@ -297,7 +284,12 @@ def main() -> None:
         print("RESULT " + json.dumps(run(args)))
         return
 
-    print(f"CPU: {cpu_description()}", flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve_load import cpu_info
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch capability {cpu['capability']}, flags {cpu['flags']}",
+          flush=True)
     # Peaks before and after the runs, the higher used: this machine's speed drifts over minutes,
     # and the higher peak gives the more conservative MFU.
     peaks = [(peak_gflops(), peak_gflops(dtype="bf16"))]

@@ -46,17 +46,3 @@ def save_tiny_smollm(out: Path, arch: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def inject_nan(src: Path, dst: Path) -> Path:
-    """A copy of an adapter folder with one NaN in a LoRA matrix."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dst)
-    weights = load_file(str(dst / "adapter_model.safetensors"))
-    key = sorted(k for k in weights if "lora_A" in k)[-1]
-    weights[key][1, 2] = float("nan")
-    save_file(weights, str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
-    return dst

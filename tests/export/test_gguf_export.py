@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from adapters_helpers import save_plain_peft
+from adapters_helpers import inject_nan, save_plain_peft
 from cli_helpers import call_cli, run_cli
-from gguf_helpers import inject_nan, require_llama_cpp, save_tiny_smollm
+from gguf_helpers import require_llama_cpp, save_tiny_smollm
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adapters_helpers import save_plain_peft, train_with_codelora
+from adapters_helpers import inject_nan, save_plain_peft, train_with_codelora
 from cli_helpers import call_cli, run_cli
 
 PROMPT = "Write a Python function add2(x) that applies + 2 to x."
@@ -24,19 +24,6 @@ def trained(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("merge")
     data = write_jsonl(tmp / "rows.jsonl", make_rows(40))
     return train_with_codelora(tiny_model_dir, data, tmp / "run", steps=3)
-
-
-def _inject_nan(src, dst):
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dst)
-    weights = load_file(str(dst / "adapter_model.safetensors"))
-    key = sorted(k for k in weights if "lora_A" in k)[-1]
-    weights[key][1, 2] = float("nan")
-    save_file(weights, str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
-    return dst
 
 
 def test_merge_of_a_trained_adapter(trained, tiny_model_dir, tmp_path):
@@ -75,7 +62,7 @@ def test_merge_of_a_trained_adapter(trained, tiny_model_dir, tmp_path):
 
 
 def test_parity_gate_refuses_an_adapter_with_a_nan(trained, tmp_path):
-    bad = _inject_nan(trained, tmp_path / "bad")
+    bad = inject_nan(trained, tmp_path / "bad")
     out = tmp_path / "merged"
     r = run_cli("merge", bad, "--out", out)
     assert r.returncode == 1
@@ -120,6 +107,6 @@ def test_merge_of_an_adapter_trained_on_the_embedded_model(embedded_adapter, tmp
     report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
     assert report["parameters"]["merged"] == report["parameters"]["base"] == 134_515_008
     assert report["parity"]["max_abs_diff"] < 1e-3 and report["adapter_vs_base"]["max_abs_diff"] > 0
-    bad = _inject_nan(run, tmp_path / "bad")
+    bad = inject_nan(run, tmp_path / "bad")
     r = run_cli("merge", bad, "--out", tmp_path / "merged-bad")
     assert r.returncode == 1 and "NaN/Inf" in r.stderr and not (tmp_path / "merged-bad").exists()
