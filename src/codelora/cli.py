@@ -42,9 +42,10 @@ RUN_FLAGS = {
     "--quantize": "model.quantize", "--trust-remote-code": "model.trust_remote_code",
 }
 EVAL_FLAGS = {"--limit": "eval.limit", "--batch-size": "eval.batch_size", "--max-new-tokens": "generate.max_new_tokens",
-              "--samples": "eval.samples", "--temperature": "eval.sample_temperature", "--timeout": "eval.timeout"}
+              "--samples": "eval.samples", "--temperature": "eval.sample_temperature", "--timeout": "eval.timeout",
+              "--precision": "eval.precision"}
 ASK_FLAGS = {"--max-new-tokens": "generate.max_new_tokens", "--temperature": "generate.temperature",
-             "--top-p": "generate.top_p", "--device": "train.device"}
+             "--top-p": "generate.top_p", "--device": "train.device", "--precision": "train.precision"}
 SERVE_FLAGS = {"--" + name.replace("_", "-"): name for name in ServeConfig.__dataclass_fields__}
 MERGE_FLAGS = {"--" + name.replace("_", "-"): name for name in MergeConfig.__dataclass_fields__}
 EXPORT_FLAGS = {"--" + name.replace("_", "-"): name for name in ExportConfig.__dataclass_fields__}
@@ -300,7 +301,8 @@ def cmd_ask(args) -> int:
     from codelora.serving.ask import ask
 
     values = given(args, ASK_FLAGS)
-    device = validated(TrainConfig(device=values.pop("train.device", TrainConfig.device))).device
+    run = validated(TrainConfig(device=values.pop("train.device", TrainConfig.device),
+                                precision=values.pop("train.precision", TrainConfig.precision)))
     gen = section(GenerateConfig, values, "generate.")
     if args.gguf or args.gguf_lora:
         from codelora.serving.ask import ask_gguf
@@ -311,7 +313,8 @@ def cmd_ask(args) -> int:
             raise CodeloraError("--gguf-lora needs --gguf BASE.gguf (the model it applies to)")
         ask_gguf(args.question, args.gguf, gen, lora=args.gguf_lora)
         return 0
-    ask(args.question, adapter=args.adapter, model=args.model, gen=gen, device=device, stream=True)
+    ask(args.question, adapter=args.adapter, model=args.model, gen=gen, device=run.device, precision=run.precision,
+        stream=True)
     return 0
 
 

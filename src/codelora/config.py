@@ -76,6 +76,15 @@ def device_option(default: str) -> Any:
     return option(default, "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps", pattern=DEVICES)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_AUTO = ("auto: bf16 on a GPU that has it; on a CPU bf16 only where a short matmul probe measures it "
+                  "much faster than fp32")
+
+
+def precision_option(default: str, purpose: str) -> Any:
+    return option(default, f"{purpose}: {PRECISION_AUTO}; fp32; or bf16", choices=PRECISIONS)
+
+
 @dataclass
 class ModelConfig:
     name: str = option(EMBEDDED_MODEL, "embedded 'smollm2-135m' (or 'all-minilm-l6-v2' for classification), "
@@ -206,9 +215,7 @@ class TrainConfig:
     eval_every: int = option(0, "validation loss every N steps; 0 = before training and after each epoch",
                              bounds=NON_NEGATIVE, hint=" (0: before training and after each epoch)")
     device: str = device_option("auto")
-    precision: str = option("auto", "auto (bf16 on a GPU that has it; on a CPU bf16 only where a short matmul "
-                                    "probe measures it much faster than fp32), fp32 or bf16",
-                            choices=("auto", "fp32", "bf16"))
+    precision: str = precision_option("auto", "compute precision of training (and of `ask`)")
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
     save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C",
                              bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
@@ -250,6 +257,11 @@ class EvalConfig:
                           bounds=Bounds(1, 1000))
     sample_temperature: float = option(0.8, "sampling temperature when samples > 1", bounds=POSITIVE)
     timeout: float = option(10.0, "seconds a sample may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
+    # fp32 by default: greedy answers in bf16 drift from fp32 ones after a few dozen tokens, so
+    # scores would depend on which CPU ran them; loss and answers of a bf16-trained adapter are
+    # measured on the fp32 base it will be used with
+    precision: str = precision_option("fp32", "compute precision of evaluation (loss and generation); "
+                                              "fp32 keeps scores comparable across machines")
 
 
 @dataclass
@@ -259,6 +271,7 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to bind; anything but loopback needs an API key")
     port: int = option(8000, "TCP port", bounds=Bounds(1, 65535))
     device: str = device_option("auto")
+    precision: str = precision_option("auto", "compute precision of the served model")
     max_batch: int = option(16, "sequences decoded together in one batch (continuous batching); more wait",
                             bounds=Bounds(1, 256))
     max_queue: int = option(64, "requests admitted at once (running + waiting); more get 429", bounds=AT_LEAST_1)

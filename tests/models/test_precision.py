@@ -91,9 +91,10 @@ def test_bf16_training_agrees_with_fp32(tiny_model_dir, data_file, tmp_path):
                                                      "probe": None}
 
 
-def test_a_bf16_run_is_evaluated_again_in_bf16(tiny_model_dir, data_file, tmp_path):
-    """`codelora eval RUN_DIR` rebuilds the models in the precision the run trained and evaluated in,
-    so it reproduces the run's report; the run records its precision for --resume."""
+def test_a_bf16_run_is_evaluated_in_fp32_unless_asked(tiny_model_dir, data_file, tmp_path):
+    """Trained in bf16, a run is evaluated in eval.precision (fp32 by default) on a base loaded
+    again in fp32, so `codelora eval RUN_DIR` reproduces its report exactly; --precision bf16
+    evaluates in bf16 (close, not equal). The run records its precision for --resume."""
     from cli_helpers import run_cli
 
     out = tmp_path / "run"
@@ -101,12 +102,54 @@ def test_a_bf16_run_is_evaluated_again_in_bf16(tiny_model_dir, data_file, tmp_pa
     r = run_cli("run", tmp_path / "c.yaml", "--model", tiny_model_dir, "--data", data_file, "--out", out,
                 "--max-steps", "3", "--set", "train.precision=bf16", "--set", "generate.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "evaluating in fp32 (asked for)" in r.stderr
     report = json.loads((out / "eval_report.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["precision"] == "bfloat16"
+    assert manifest["precision"] == "bfloat16" and report["precision"]["chosen"] == "fp32"
+    assert "computed in fp32" in (out / "eval_report.md").read_text()
     assert json.loads((out / "precision.json").read_text()) == manifest["precision_choice"]
     again = run_cli("eval", out, "--max-new-tokens", "8")
     assert again.returncode == 0, again.stderr[-3000:]
     redo = json.loads((out / "eval_report.json").read_text())
     for name in ("base", "adapter"):
-        assert redo["models"][name]["eval_loss"] == pytest.approx(report["models"][name]["eval_loss"], abs=1e-5)
+        assert redo["models"][name]["eval_loss"] == pytest.approx(report["models"][name]["eval_loss"], abs=1e-6)
+    in_bf16 = run_cli("eval", out, "--max-new-tokens", "8", "--precision", "bf16")
+    assert in_bf16.returncode == 0, in_bf16.stderr[-3000:]
+    bf16 = json.loads((out / "eval_report.json").read_text())
+    assert bf16["precision"]["chosen"] == "bf16"
+    for name in ("base", "adapter"):
+        a, b = bf16["models"][name]["eval_loss"], report["models"][name]["eval_loss"]
+        assert a != b and a == pytest.approx(b, rel=0.02)
+    bad = run_cli("eval", out, "--precision", "fp16")
+    assert bad.returncode == 2 and "invalid choice: 'fp16'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ask_and_the_engine_generate_in_the_precision_asked(tiny_model_dir, tmp_path):
+    """Generation in bf16: the base loads in bf16, a LoRA adapter on it keeps fp32 weights, and
+    answers come out; the tiny model (hidden < 256) stays fp32 under auto."""
+    from adapters_helpers import save_plain_peft
+    from cli_helpers import run_cli
+    from codelora.config import GenerateConfig, ModelConfig
+    from codelora.serving.engine import Engine, Request
+    from codelora.serving.registry import AdapterRegistry
+
+    save_plain_peft(tiny_model_dir, tmp_path / "reg" / "a", seed=1)
+    engine = Engine(ModelConfig(name=str(tiny_model_dir)), AdapterRegistry(tmp_path / "reg"), "cpu", precision="bf16")
+    try:
+        ids = engine.question_ids("Write add(a, b).")
+        got = engine.generate(Request(ids, "a", GenerateConfig(6)))
+        assert 0 < got.completion_tokens <= 6
+        dtypes = {n: p.dtype for n, p in engine.model.named_parameters()}
+        assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+        assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    finally:
+        engine.close()
+    auto = Engine(ModelConfig(name=str(tiny_model_dir)), None, "cpu")
+    try:
+        assert auto.precision.name == "fp32" and "too small" in auto.precision.reason
+    finally:
+        auto.close()
+    r = run_cli("ask", "Write add(a, b).", "--model", tiny_model_dir, "--max-new-tokens", "4", "--precision", "bf16")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    bad = run_cli("ask", "hi", "--model", tiny_model_dir, "--precision", "half")
+    assert bad.returncode == 2 and "invalid choice: 'half'" in bad.stderr

@@ -104,7 +104,7 @@ def candidates(model, method: str, fresh_base):
 
 
 def compare_models(candidates, fmt, test_rows, test_examples, cfg: RunConfig, pad_id: int, device: str,
-                   out_dir: Path) -> dict:
+                   out_dir: Path, precision: dict | None = None) -> dict:
     """Evaluate each (name, model, context) in turn; write eval_report.{json,md,png} and the samples."""
     method = cfg.train.method
     results, answers = {}, {}
@@ -124,6 +124,7 @@ def compare_models(candidates, fmt, test_rows, test_examples, cfg: RunConfig, pa
         "rows_generated": 0 if classifier else n_gen,
         "max_new_tokens": cfg.generate.max_new_tokens,
         "decoding": describe_decoding(cfg.generate),
+        "precision": precision,  # the PyTorch models' compute precision (eval.precision), with why
         "models": results,
     }
     write_json_atomic(out_dir / "eval_report.json", report)
@@ -192,7 +193,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Evaluation: base model{' vs ' + title if title else ' (method none: no training)'}",
         "",
-        f"Held-out {report['split']} split: loss over {report['rows_for_loss']} rows; {what}.",
+        f"Held-out {report['split']} split: loss over {report['rows_for_loss']} rows; {what}"
+        + (f"; computed in {report['precision']['chosen']}" if report.get("precision") else "") + ".",
         "",
         "| metric | " + " | ".join(t for _, t in shown) + " |" + (" better |" if compare else ""),
         "| --- |" + " ---: |" * len(shown) + (" :---: |" if compare else ""),

@@ -79,10 +79,12 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
                     ggufs: list[str] = ()) -> dict:
     """pass@k of the base model, each adapter and each GGUF file (in llama.cpp) on `tasks`; writes
     the reports into `out`."""
+    from codelora.models.precision import precision_for
     from codelora.models.sources import load_base, pick_device
 
     dev = pick_device(device)
-    base, tokenizer, _ = load_base(model_cfg, dev)
+    precision = precision_for(ec.precision, model_cfg, dev)
+    base, tokenizer, _ = load_base(model_cfg, dev, dtype=precision.dtype)
     fmt = PromptFormat(tokenizer)
     model, names = _with_adapters(base, adapters, adapter_names)
     limits = Limits(timeout_s=ec.timeout)
@@ -104,7 +106,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
     report.update({"model": model_cfg.name, "adapters": dict(zip(names, adapters)),
                    "gguf": {name: str(f.path) for name, f in files.items()}, "samples_per_task": ec.samples,
                    "temperature": ec.sample_temperature if ec.samples > 1 else 0.0,
-                   "max_new_tokens": gen.max_new_tokens})
+                   "max_new_tokens": gen.max_new_tokens, "precision": precision.record()})
     _write(report, all_results, out, answers)
     return report
 

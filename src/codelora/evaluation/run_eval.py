@@ -9,35 +9,42 @@ import json
 from pathlib import Path
 
 from codelora.config import RunConfig, load_config_file, parse_config, set_dotted
+from codelora.console import say
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.lora import load_adapter
+from codelora.models.precision import Precision, precision_for
 from codelora.models.sources import load_base, pick_device
 
 
-def seeded_base(cfg: RunConfig, device: str, labels: list[str] | None, bf16: bool = False):
-    """load_base after seeding as `train` does, so a classifier's new head starts as the trained one did;
-    `bf16`: in the precision a bf16 run trained and evaluated in."""
-    import torch
+def seeded_base(cfg: RunConfig, device: str, labels: list[str] | None, precision: Precision):
+    """load_base in `precision` after seeding as `train` does, so a classifier's new head starts as
+    the trained one did."""
     import transformers
 
-    from codelora.models.precision import Precision, fp32_attention_on_cpu
-
     transformers.set_seed(cfg.seed)
-    loaded = load_base(cfg.model, device, dtype=torch.bfloat16 if bf16 else None, labels=labels)
-    if bf16:
-        fp32_attention_on_cpu(loaded[0], Precision(torch.bfloat16, "bf16", "as the run"), device)
-    return loaded
+    return load_base(cfg.model, device, dtype=precision.dtype, labels=labels)
 
 
 def evaluate_trained(trained, cfg: RunConfig) -> dict:
-    """Evaluate what a `train` call just produced (used by `codelora run`)."""
+    """Evaluate what a `train` call just produced (used by `codelora run`), in eval.precision."""
     d = trained.data
     labels = getattr(trained.fmt, "labels", None)
-    return compare_models(candidates(trained.model, trained.method, lambda: seeded_base(cfg, trained.device, labels)[0]),
+    precision = precision_for(cfg.eval.precision, cfg.model, trained.device)
+    model = trained.model
+    if trained.method in ("lora", "none") and precision.name != trained.precision:
+        # the base was loaded in the training precision (bf16 loses the fp32 weights' low bits):
+        # load it again in the evaluation's, with the adapter just saved
+        trained.model = model = None
+        base = seeded_base(cfg, trained.device, labels, precision)[0]
+        model = load_adapter(base, trained.run_dir) if trained.method == "lora" else base
+    elif trained.method not in ("lora", "none"):  # a whole model, trained in fp32 weights
+        model = model.to(precision.dtype)
+    say(f"evaluating in {precision.name} ({precision.reason})")
+    return compare_models(candidates(model, trained.method, lambda: seeded_base(cfg, trained.device, labels, precision)[0]),
                           trained.fmt, d.rows_of("test"), d.examples_of("test"), cfg,
-                          trained.tokenizer.pad_token_id, trained.device, trained.run_dir)
+                          trained.tokenizer.pad_token_id, trained.device, trained.run_dir, precision.record())
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None, ggufs: list[str] = ()) -> dict:
@@ -56,8 +63,8 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
     labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
     manifest = run_dir / "manifest.json"
     trained = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    bf16 = method in ("lora", "none") and trained.get("precision") == "bfloat16"  # evaluate as `run` did
-    base, tokenizer, _ = seeded_base(cfg, device, labels, bf16)
+    precision = precision_for(cfg.eval.precision, cfg.model, device)
+    base, tokenizer, _ = seeded_base(cfg, device, labels, precision)
     fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     if trained:
@@ -70,10 +77,13 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
     elif method == "none":
         model = base
     else:  # the run directory holds the whole tuned model
-        model = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, labels=labels)[0]
+        model = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, dtype=precision.dtype,
+                          labels=labels)[0]
     rows, examples = data.rows_of("test"), data.examples_of("test")
     models = candidates(model, method, lambda: base) + gguf_candidates(ggufs, fmt, rows, examples, cfg, labels)
-    return compare_models(models, fmt, rows, examples, cfg, tokenizer.pad_token_id, device, run_dir)
+    say(f"evaluating in {precision.name} ({precision.reason})")
+    return compare_models(models, fmt, rows, examples, cfg, tokenizer.pad_token_id, device, run_dir,
+                          precision.record())
 
 
 def gguf_candidates(paths: list[str], fmt, rows, examples, cfg: RunConfig, labels) -> list:

@@ -83,6 +83,24 @@ def matmul_shape(model_config) -> tuple[int, int]:
     return int(hidden), int(inter)
 
 
+def precision_for(setting: str, model_cfg, device: str) -> Precision:
+    """`setting` (auto | fp32 | bf16) for the model of `model_cfg` (a ModelConfig) on `device`; on a
+    CPU measured on the model's own matmul shape, read from its config."""
+    from transformers import AutoConfig
+
+    from codelora.models.sources import resolve_model
+
+    shape = (768, 3072)  # a model whose config cannot be read here fails to load right after, with its own message
+    if setting != "fp32" and device.startswith("cpu"):
+        source = resolve_model(model_cfg)
+        try:
+            shape = matmul_shape(AutoConfig.from_pretrained(source.path, revision=source.revision,
+                                                            trust_remote_code=model_cfg.trust_remote_code))
+        except (OSError, ValueError):
+            pass
+    return choose_precision(setting, device, shape)
+
+
 def choose_precision(setting: str, device: str, shape: tuple[int, int], probe=probe_matmul) -> Precision:
     """The compute precision for `setting` on `device`; `probe(hidden, intermediate)` measures the CPU."""
     if setting == "fp32":
@@ -100,7 +118,7 @@ def choose_precision(setting: str, device: str, shape: tuple[int, int], probe=pr
                 f"({p.speedup:.2f}x) on this CPU, shape {'x'.join(map(str, p.shape))}")
     if setting == "bf16":
         if p.speedup < 1:
-            say(f"warning: train.precision=bf16 on a CPU: {measured}; bf16 will be slower here")
+            say(f"warning: precision bf16 on a CPU: {measured}; bf16 will be slower here")
         return Precision(torch.bfloat16, setting, f"asked for; {measured}", p)
     if p.speedup >= AUTO_BF16_MIN_SPEEDUP:
         return Precision(torch.bfloat16, setting, f"{measured} >= {AUTO_BF16_MIN_SPEEDUP}x", p)

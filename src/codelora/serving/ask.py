@@ -11,12 +11,14 @@ from codelora.errors import CodeloraError
 from codelora.models.adapters import base_model_of, check_same_base
 from codelora.models.generate import generate_answers
 from codelora.models.lora import is_adapter_dir, load_adapter
+from codelora.models.precision import precision_for
 from codelora.models.sources import load_base, pick_device
 
 
 def ask(question: str, adapter: str | None = None, model: str | None = None, gen: GenerateConfig | None = None,
-        device: str = TrainConfig.device, stream: bool = True) -> str:
-    """Answer `question` (greedy by default); with `stream`, print tokens to stdout as they come."""
+        device: str = TrainConfig.device, precision: str = TrainConfig.precision, stream: bool = True) -> str:
+    """Answer `question` (greedy by default) in `precision` (auto | fp32 | bf16); with `stream`, print
+    tokens to stdout as they come."""
     if not question.strip():
         raise CodeloraError("the question is empty")
     gen = validated(gen or GenerateConfig())
@@ -34,7 +36,8 @@ def ask(question: str, adapter: str | None = None, model: str | None = None, gen
         raise CodeloraError(f"codelora ask answers with causal language models; {adapter_dir} was trained with "
                             f"model.task={model_cfg.task}: see its eval_report.md, or run codelora eval {adapter_dir}")
     dev = pick_device(device)
-    base, tokenizer, source = load_base(model_cfg, dev)
+    chosen = precision_for(precision, model_cfg, dev)
+    base, tokenizer, source = load_base(model_cfg, dev, dtype=chosen.dtype)
     if adapter_dir is not None and model:
         check_same_base(adapter_dir, source)  # --model and an adapter trained on another base
     net = load_adapter(base, adapter_dir) if adapter_dir else base

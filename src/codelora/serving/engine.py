@@ -54,11 +54,13 @@ class Generation:
 
 class Engine:
     def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = ServeConfig.device,
-                 max_batch: int = ServeConfig.max_batch):
+                 max_batch: int = ServeConfig.max_batch, precision: str = ServeConfig.precision):
+        from codelora.models.precision import precision_for
         from codelora.models.sources import load_base, pick_device
 
         self.device = pick_device(device)
-        self.base, self.tokenizer, self.source = load_base(model_cfg, self.device)
+        self.precision = precision_for(precision, model_cfg, self.device)
+        self.base, self.tokenizer, self.source = load_base(model_cfg, self.device, dtype=self.precision.dtype)
         self.model = self.base  # a PeftModel once the first adapter is attached
         self.fmt = PromptFormat(self.tokenizer)
         self.context_length = getattr(self.base.config, "max_position_embeddings", None)

@@ -56,8 +56,9 @@ def serve(adapters: str | None, settings: ServeConfig, model: str | None = None)
     registry = AdapterRegistry(adapters) if adapters else None
     logging.basicConfig(level=logging.INFO, format="codelora: %(message)s", stream=sys.stderr)
     log = logging.getLogger("codelora.serve")
-    engine = Engine(pick_base(model, registry), registry, settings.device, settings.max_batch)
-    log.info("base model %s (%s) on %s", engine.base_name, engine.source.kind, engine.device)
+    engine = Engine(pick_base(model, registry), registry, settings.device, settings.max_batch, settings.precision)
+    log.info("base model %s (%s) on %s, %s (%s)", engine.base_name, engine.source.kind, engine.device,
+             engine.precision.name, engine.precision.reason)
     if registry:
         for problem in engine.adapters.load_all() if not settings.lazy else []:
             log.warning("not serving: %s", problem)

@@ -14,8 +14,8 @@ from codelora.data.labels import label_names
 from codelora.data.prompts import PromptFormat
 from codelora.models.lora import apply_lora, count_parameters
 from codelora.models.methods import set_trainable
-from codelora.models.precision import Precision, choose_precision, fp32_attention_on_cpu, matmul_shape
-from codelora.models.sources import ModelSource, load_base, pick_device, resolve_model
+from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
+from codelora.models.sources import ModelSource, load_base, pick_device
 from codelora.training.distributed import Dist, init_distributed
 
 
@@ -47,7 +47,7 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     task = cfg.model.task
     loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
     labels = label_names(loaded.rows) if task == "classification" else None
-    precision = resolve_precision(cfg, device) if started_with is None else Precision(
+    precision = precision_for(cfg.train.precision, cfg.model, device) if started_with is None else Precision(
         torch.bfloat16 if started_with["chosen"] == "bf16" else torch.float32, started_with["setting"],
         f"{started_with['chosen']}, as when the run started ({started_with['reason']})")
     dtype = precision.dtype
@@ -74,21 +74,6 @@ def pick_processes(device_setting: str) -> tuple[str, Dist]:
         device = f"cuda:{dist.local_rank}"
         torch.cuda.set_device(device)
     return device, dist
-
-
-def resolve_precision(cfg: RunConfig, device: str) -> Precision:
-    """train.precision for this device; on a CPU measured on the model's own matmul shape."""
-    from transformers import AutoConfig
-
-    shape = (768, 3072)  # a model whose config cannot be read here fails to load right after, with its own message
-    if cfg.train.precision != "fp32" and device.startswith("cpu"):
-        source = resolve_model(cfg.model)
-        try:
-            shape = matmul_shape(AutoConfig.from_pretrained(source.path, revision=source.revision,
-                                                            trust_remote_code=cfg.model.trust_remote_code))
-        except (OSError, ValueError):
-            pass
-    return choose_precision(cfg.train.precision, device, shape)
 
 
 def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str] | None):

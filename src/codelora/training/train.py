@@ -41,6 +41,7 @@ class TrainedRun:
     device: str
     run_dir: Path
     method: str
+    precision: str  # fp32 | bf16: what the base model was loaded and trained in
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_resume: bool = False) -> TrainedRun:
@@ -63,7 +64,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
                     run_dir, checkpoint, allow_partial_resume)
     if s.dist.main:
         save_result(cfg, s, stats, run_dir)
-    return TrainedRun(s.model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method)
+    return TrainedRun(s.model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,
+                      s.precision.name)
 
 
 def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
