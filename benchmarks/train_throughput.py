@@ -11,7 +11,8 @@ steps of batch 8 after --warmup steps, on the same rows of the data head:
   (bfd), padding_free, and padding_free with bf16 autocast where the machine's bf16 matmul peak is
   at least 1.5x its fp32 peak; prompt/completion chat rows, completion-only loss; CPU settings
   from TRL's docs (no gradient checkpointing, use_cpu);
-- codelora in fp32, and codelora's defaults (`train.precision: auto`, decided by its probe).
+- codelora in fp32, codelora's defaults (`train.precision: auto`, decided by its probe), and the
+  defaults with `train.gradient_checkpointing` (the memory setting: forward recomputed in backward).
 Every peer uses LoRA r=16, alpha 32 on q,k,v,o. Both the fp32 and the bf16 matmul peaks are
 measured before and after the runs; the higher ones are used.
 
@@ -101,6 +102,8 @@ def run_codelora(args) -> dict:
     dtype = precision.dtype
     model, tok, _ = load_base(ModelConfig(name=args.model), "cpu", dtype=dtype)
     fp32_attention_on_cpu(model, precision, "cpu")
+    if args.variant == "codelora-gc":  # as training/setup.py does for train.gradient_checkpointing
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, LoraSettings())  # the defaults: r=16, alpha=32, dropout 0, q,k,v,o
     fmt = PromptFormat(tok)
     rows = _rows(args.data, (args.warmup + args.steps) * args.batch_size)
@@ -246,7 +249,8 @@ def mfu(r: dict, peak: float) -> float:
 NAMES = {"reference": "seed recipe (Trainer + peft, pad to 512)", "trl-dynamic": "TRL SFTTrainer, dynamic padding",
          "trl-grouped": "TRL SFTTrainer, length-grouped", "trl-packing": "TRL SFTTrainer, packing (bfd)",
          "trl-padding-free": "TRL SFTTrainer, padding_free", "trl-padding-free-bf16": "TRL SFTTrainer, padding_free, bf16",
-         "codelora-fp32": "codelora, fp32", "codelora": "codelora defaults (precision auto)"}
+         "codelora-fp32": "codelora, fp32", "codelora": "codelora defaults (precision auto)",
+         "codelora-gc": "codelora defaults + gradient checkpointing"}
 
 
 def run_variant(args, variant: str) -> dict:
@@ -347,9 +351,15 @@ def summarize(args, results: dict, peaks, fp32_peak: float, bf16_peak: float) ->
     if fp32 and c.get("precision") == "bf16":
         out["bf16_vs_fp32"] = round(c["tokens_per_s"] / fp32["tokens_per_s"], 2)
         targets.append(("codelora bf16 >= 2x codelora fp32", out["bf16_vs_fp32"] >= 2, f"{out['bf16_vs_fp32']}x"))
+    gc = results.get("codelora-gc")
     print()
     for what, ok, value in targets:
         print(f"target: {what}: {value} {'PASS' if ok else 'FAIL'}")
+    if gc and best_trl:  # the memory setting, for comparison (not the defaults the targets are about)
+        out["gc_speedup_vs_best_trl"] = round(gc["tokens_per_s"] / trl[best_trl]["tokens_per_s"], 2)
+        out["gc_rss_vs_best_trl"] = round(gc["peak_rss_gb"] / trl[best_trl]["peak_rss_gb"], 2)
+        print(f"with gradient checkpointing: {out['gc_speedup_vs_best_trl']}x the best TRL's tokens/s, "
+              f"{out['gc_rss_vs_best_trl']} of its peak RSS")
     return out
 
 

@@ -78,6 +78,15 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
         tuned = PeftModel.from_pretrained(base, adapter).eval()(input_ids=torch.tensor([ids])).logits[0]
     assert (mine - tuned).abs().max() < 0.5 < (plain - tuned).abs().max()
 
+    # a generation budget past the file's own context length is refused before llama.cpp reserves it
+    from codelora.models.gguf_model import trained_context
+
+    limit = trained_context(out / "model-q8_0.gguf")
+    with open(f"{base_dir}/config.json") as f:
+        assert limit == json.load(f)["max_position_embeddings"]
+    r = call_cli("ask", "hi", "--gguf", out / "model-q8_0.gguf", "--max-new-tokens", str(limit))
+    _one_line_error(r, f"exceed the context length {limit} of model-q8_0.gguf", "lower --max-new-tokens")
+
 
 def test_export_gguf_lora_applies_on_the_base(adapter, tmp_path):
     out = tmp_path / "lora"

@@ -121,7 +121,7 @@ def _gguf_models(paths: list[str], fmt, tasks: list[Task], gen: GenerateConfig, 
         name = Path(path).stem
         while name in files or name in taken:
             name += "'"
-        files[name] = GgufModel(path, n_ctx=context_for(longest), tokenizer=fmt.tok)
+        files[name] = GgufModel(path, n_ctx=context_for(longest, path), tokenizer=fmt.tok)
     return files
 
 

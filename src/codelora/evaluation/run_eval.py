@@ -104,6 +104,6 @@ def gguf_candidates(paths: list[str], fmt, rows, examples, cfg: RunConfig, label
         while name in names or name in ("base", "adapter"):
             name += "'"
         names.add(name)
-        out.append((name, GgufModel(path, n_ctx=context_for(longest), all_logits=True, tokenizer=fmt.tok),
+        out.append((name, GgufModel(path, n_ctx=context_for(longest, path), all_logits=True, tokenizer=fmt.tok),
                     contextlib.nullcontext()))
     return out

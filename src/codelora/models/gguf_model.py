@@ -55,9 +55,32 @@ def gguf_tokenizer(path: Path):
     return tok
 
 
-def context_for(longest: int) -> int:
-    """A llama.cpp context (a multiple of 256) for sequences of up to `longest` tokens."""
-    return -(-(longest + 16) // 256) * 256
+def trained_context(path: Path) -> int | None:
+    """The context length stored in a GGUF file's metadata (`<architecture>.context_length`), if any."""
+    from gguf import GGUFReader
+
+    def value(key: str):
+        field = reader.fields.get(key)
+        if field is None or not field.data:
+            return None
+        part = field.parts[field.data[0]]
+        return bytes(part).decode() if field.types and field.types[0].name == "STRING" else int(part[0])
+
+    reader = GGUFReader(str(path))
+    arch = value("general.architecture")
+    return value(f"{arch}.context_length") if arch else None
+
+
+def context_for(longest: int, path: str | Path) -> int:
+    """A llama.cpp context (a multiple of 256, at most the file's own context length) for
+    sequences of up to `longest` tokens; refused before any memory is reserved when they cannot fit."""
+    path = check_gguf_file(path)
+    limit = trained_context(path)
+    if limit and longest > limit:
+        raise ModelError(f"{longest} tokens (the prompt plus max_new_tokens) exceed the context length {limit} of "
+                         f"{path.name}; lower --max-new-tokens")
+    n = -(-(longest + 16) // 256) * 256
+    return min(n, limit) if limit else n
 
 
 class GgufModel:

@@ -62,7 +62,7 @@ def ask_gguf(question: str, path: str, gen: GenerateConfig | None = None, lora: 
         raise CodeloraError("the question is empty")
     gen = validated(gen or GenerateConfig())
     fmt = PromptFormat(gguf_tokenizer(check_gguf_file(path)))  # the file's own tokenizer and chat template
-    model = GgufModel(path, n_ctx=context_for(len(fmt.prompt_ids(question)) + gen.max_new_tokens), lora=lora,
+    model = GgufModel(path, n_ctx=context_for(len(fmt.prompt_ids(question)) + gen.max_new_tokens, path), lora=lora,
                       tokenizer=fmt.tok)
     try:
         (answer,) = generate_answers(model, fmt, [question], gen, 1, "cpu", on_update=_print_piece if stream else None)
