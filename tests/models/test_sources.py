@@ -50,3 +50,11 @@ def test_embedded_model_is_converted_once_then_cached(tmp_path, monkeypatch, cap
     (cache / "model.safetensors").unlink()  # a damaged cache is rebuilt, not an error
     load_base(ModelConfig(), "cpu")
     assert "converting the embedded model" in capsys.readouterr().err
+
+    # bf16 loads read a bf16 copy written once beside it: the same rounding as casting the fp32 load
+    half, _, half_source = load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
+    assert (cache.parent / "smollm2-135m-bf16" / "model.safetensors").is_file()
+    assert half_source.path == str(cache) and half.dtype == torch.bfloat16
+    sd_half = half.state_dict()
+    assert sd_half.keys() == sd1.keys() and all(torch.equal(sd_half[k], sd1[k].to(torch.bfloat16)) for k in sd1)
+    assert half.lm_head.weight.data_ptr() == half.model.embed_tokens.weight.data_ptr()  # still tied

