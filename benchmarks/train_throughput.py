@@ -1,6 +1,6 @@
 """Training throughput: codelora against the peers users pick instead, same rows, same LoRA, one run.
 
-    python benchmarks/train_throughput.py                # ~15 min on 2 CPU cores (make bench)
+    python benchmarks/train_throughput.py                # ~16 min on 2 CPU cores (make bench)
     python benchmarks/train_throughput.py --skip-reference   # codelora fp32 and auto only, ~2 min
     python benchmarks/train_throughput.py --only trl-padding-free,codelora --steps 4
 
