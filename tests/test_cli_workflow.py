@@ -74,8 +74,10 @@ def test_ctrl_c_before_any_checkpoint_leaves_no_run_directory(tiny_model_dir, da
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "codelora", "train", "--model", str(tiny_model_dir), "--data",
-                             str(data_file), "--out", str(out), "--max-steps", "5"],
+                             str(data_file), "--out", str(out), "--max-steps", "100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a run far longer than the test: with 5 steps, a busy machine could let it finish (or pass its
+    # last checkpoint) before the signal arrived (seen once in CI: exit 0, completed)
     deadline = time.time() + 120
     while not (tmp_path / "run.partial").exists() and time.time() < deadline:  # the run has begun
         time.sleep(0.05)
