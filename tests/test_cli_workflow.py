@@ -75,9 +75,11 @@ def test_ctrl_c_before_any_checkpoint_leaves_no_run_directory(tiny_model_dir, da
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "codelora", "train", "--model", str(tiny_model_dir), "--data",
                              str(data_file), "--out", str(out), "--max-steps", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # a run far longer than the test: with 5 steps, a busy machine could let it finish (or pass its
-    # last checkpoint) before the signal arrived (seen once in CI: exit 0, completed)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a suite started in the background (`cmd &` in a
+                            # script) hands its children SIGINT ignored, and Python keeps it so
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a run far longer than the test, so the signal always lands before it ends
     deadline = time.time() + 120
     while not (tmp_path / "run.partial").exists() and time.time() < deadline:  # the run has begun
         time.sleep(0.05)
