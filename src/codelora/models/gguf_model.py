@@ -59,16 +59,10 @@ def trained_context(path: Path) -> int | None:
     """The context length stored in a GGUF file's metadata (`<architecture>.context_length`), if any."""
     from gguf import GGUFReader
 
-    def value(key: str):
-        field = reader.fields.get(key)
-        if field is None or not field.data:
-            return None
-        part = field.parts[field.data[0]]
-        return bytes(part).decode() if field.types and field.types[0].name == "STRING" else int(part[0])
-
-    reader = GGUFReader(str(path))
-    arch = value("general.architecture")
-    return value(f"{arch}.context_length") if arch else None
+    fields = GGUFReader(str(path)).fields
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
+    key = f"{arch}.context_length"
+    return int(fields[key].contents()) if arch and key in fields else None
 
 
 def context_for(longest: int, path: str | Path) -> int:
