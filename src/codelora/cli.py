@@ -11,7 +11,8 @@
     codelora sweep SWEEP.yaml                         (experiments.sweep)
 
 Every flag that sets a setting is derived from its config field (codelora/config.py): its help,
-choices and default come from there. Errors caused by input print one line,
+choices and default come from there. `--quiet`, before or after any subcommand, turns off the
+progress bars and messages. Errors caused by input print one line,
 `codelora: error: ...`, and exit 1 (2 for usage).
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from codelora.config import (ExportConfig, GenerateConfig, MergeConfig, RunConfig, ServeConfig, TrainConfig, field_help,
                              load_config_file, parse_assignment, parse_config, resolve_field, set_dotted,
                              validated)
-from codelora.console import say
+from codelora.console import say, set_quiet
 from codelora.errors import CodeloraError, TrainingStopped, first_line
 
 # flag -> the config field it sets (dotted, below the section class named in FLAG_TABLES)
@@ -51,9 +52,21 @@ MERGE_FLAGS = {"--" + name.replace("_", "-"): name for name in MergeConfig.__dat
 EXPORT_FLAGS = {"--" + name.replace("_", "-"): name for name in ExportConfig.__dataclass_fields__}
 
 
+QUIET_HELP = "no progress bars or progress messages (errors and results still print)"
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
         self.exit(2, f"codelora: error: {message} (see {self.prog} --help)\n")
+
+
+class SubParser(Parser):
+    """Every subcommand's parser (nested ones too) accepts --quiet. SUPPRESS: a subcommand that is
+    not given --quiet leaves the namespace alone, so a top-level `codelora --quiet ...` survives."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
 
 
 def _dest(flag: str) -> str:
@@ -108,7 +121,8 @@ def _add_run_dir_command(sub, name: str, help_: str, run_dir_help: str, out_help
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="codelora", description="Fine-tune language models with LoRA into Python code assistants.")
     parser.add_argument("--version", action="version", version=f"codelora {__import__('codelora').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=SubParser)
 
     p = sub.add_parser("train", help="fine-tune (per train.method: LoRA adapters, full, top-K) into a run directory")
     p.add_argument("--config", help="YAML config (see configs/)")
@@ -123,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume(p)
 
     p = sub.add_parser("data", help="data report (EDA) and data prepare (clean, dedup, split)")
-    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=SubParser)
     for name, text in (("report", "write report.md, stats.json and charts about a dataset"),
                        ("prepare", "validate, clean and split into train/validation/test.jsonl")):
         q = data_sub.add_parser(name, help=text)
@@ -267,6 +281,7 @@ def cmd_eval(args) -> int:
         from codelora.evaluation.run_eval import evaluate_run
 
         print(render_markdown(evaluate_run(args.run_dir, overrides, ggufs=args.gguf)))
+        _update_card(args.run_dir)
         return 0
     if args.completions and args.gguf:
         raise CodeloraError("--completions scores given answers; it does not go with --gguf")
@@ -294,7 +309,17 @@ def cmd_eval(args) -> int:
         report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, TrainConfig.device, ggufs=args.gguf)
     print(render_exec_markdown(report))
     say(f"wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
+    if args.run_dir and out == Path(args.run_dir):
+        _update_card(args.run_dir)
     return 0
+
+
+def _update_card(run_dir: str) -> None:
+    """The run's model card shows its newest evaluation."""
+    from codelora.experiments.card import write_model_card
+
+    if (Path(run_dir) / "manifest.json").is_file():
+        write_model_card(Path(run_dir), Path(run_dir).name)
 
 
 def cmd_ask(args) -> int:
@@ -357,6 +382,8 @@ def _raise_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        set_quiet(True)  # in the environment: the processes this command starts stay quiet too
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     # SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so staged run directories are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)

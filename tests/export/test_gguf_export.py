@@ -9,6 +9,7 @@ import torch
 from adapters_helpers import inject_nan, save_plain_peft
 from cli_helpers import call_cli, run_cli
 from gguf_helpers import require_llama_cpp, save_tiny_smollm
+from pty_helpers import run_cli_in_pty, stages_shown
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,6 +25,11 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(tiny, tmp_path_factory):
     return save_plain_peft(tiny, tmp_path_factory.mktemp("peft") / "adapter", targets=("q_proj", "v_proj", "o_proj"))
+
+
+EXPORT_STAGES = ["checking the architecture", "loading the base model", "loading the adapter", "merging",
+                 "parity check", "saving for the converter", "converting to GGUF f16", "quantizing to q8_0",
+                 "PyTorch reference", "llama.cpp check of model-f16.gguf", "llama.cpp check of model-q8_0.gguf"]
 
 
 def _no_output(out):
@@ -43,10 +49,10 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
     from codelora.models.gguf_model import GgufModel
 
     out = tmp_path / "gguf"
-    r = run_cli("export", adapter, "--out", out, "--quant", "f16,q8_0")
-    assert r.returncode == 0, r.stderr[-3000:]
+    drawn = run_cli_in_pty("export", adapter, "--out", out, "--quant", "f16,q8_0")  # on a terminal: a stage bar
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export_report.json", "model-f16.gguf",
                                                      "model-q8_0.gguf"]
+    assert stages_shown(drawn, "export") == EXPORT_STAGES, drawn
     report = json.loads((out / "export_report.json").read_text())
     f16 = report["files"]["model-f16.gguf"]["parity"]
     assert f16["finite"] and f16["max_abs_diff"] <= 0.5 and f16["max_kl"] <= 1e-3 and f16["top1_agreement"] > 0.9
@@ -90,8 +96,11 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
 
 def test_export_gguf_lora_applies_on_the_base(adapter, tmp_path):
     out = tmp_path / "lora"
-    r = run_cli("export", adapter, "--out", out, "--format", "gguf-lora")
-    assert r.returncode == 0, r.stderr[-3000:]
+    drawn = run_cli_in_pty("export", adapter, "--out", out, "--format", "gguf-lora")
+    assert stages_shown(drawn, "export") == [
+        "checking the architecture", "loading the base model", "saving the base for the converter",
+        "converting the base to GGUF f16", "converting the adapter to GGUF", "PyTorch reference",
+        "llama.cpp check of adapter-f32.gguf"], drawn
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "adapter-f32.gguf", "base-f16.gguf",
                                                      "export_report.json"]
     report = json.loads((out / "export_report.json").read_text())
@@ -188,3 +197,4 @@ def test_a_full_fine_tune_exports_as_a_whole_model(tiny, tmp_path):
     assert report["merge_parity"] is None and report["files"]["model-f16.gguf"]["parity"]["max_kl"] <= 1e-3
     r = call_cli("export", run, "--out", tmp_path / "lora", "--format", "gguf-lora")
     _one_line_error(r, "whole model", "--format gguf")
+

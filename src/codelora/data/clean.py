@@ -10,6 +10,7 @@ import re
 import tokenize
 
 from codelora.config import CleanConfig
+from codelora.console import progress
 
 # an opening fence with an optional language, the body (possibly empty), a closing fence or the end
 FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:(?:\n|(?<=\n))[ \t]*```|\Z)", re.DOTALL)
@@ -76,7 +77,7 @@ def normalize_whitespace(text: str) -> str:
 def clean_rows(rows: list[dict], cfg: CleanConfig) -> tuple[list[dict], dict[str, list[int]]]:
     """Apply the enabled steps; returns (rows, drops) with drops keyed by reason -> refs."""
     out, drops, seen = [], {}, {}
-    for row in rows:
+    for row in progress(rows, desc="cleaning", unit="row"):  # comment removal tokenizes every answer
         r = dict(row)
         if cfg.remove_comments:
             r["output"] = remove_answer_comments(r["output"])

@@ -11,6 +11,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from codelora.console import progress
 from codelora.data.dedup import TOKEN
 from codelora.errors import DataError
 
@@ -44,5 +45,5 @@ def benchmark_ngrams(n: int = NGRAM) -> set[tuple[str, ...]]:
 def contaminated(rows: list[dict], n: int = NGRAM) -> list[int]:
     """Positions of rows whose instruction, input or output shares an n-gram with HumanEval."""
     bench = benchmark_ngrams(n)
-    return [i for i, r in enumerate(rows)
+    return [i for i, r in enumerate(progress(rows, desc="HumanEval overlap", unit="row"))
             if any(not ngrams(r[c], n).isdisjoint(bench) for c in ("instruction", "input", "output"))]

@@ -12,11 +12,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from codelora.console import progress
 from codelora.data.clean import strip_fences
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 SHINGLE = 3
 NUM_PERM = 128
+CHUNK = 2000  # rows hashed per MinHash.bulk call, so a bar moves while a large file is hashed
 
 
 def normalize(text: str) -> str:
@@ -84,6 +86,15 @@ def minhashes(sets: list[set[str]], seed: int = 1):
     return MinHash.bulk([[s.encode() for s in sh] for sh in sets], num_perm=NUM_PERM, seed=seed)
 
 
+def iter_minhashes(sets: list[set[str]], seed: int = 1, desc: str = "hashing"):
+    """minhashes(sets) one by one, computed CHUNK rows at a time under a bar (unit "row")."""
+    with progress(total=len(sets), desc=desc, unit="row") as bar:
+        for start in range(0, len(sets), CHUNK):
+            for mh in minhashes(sets[start:start + CHUNK], seed):
+                yield mh
+                bar.update(1)  # after the caller's work on this row: the bar covers hashing and matching
+
+
 def lsh_bands(threshold: float) -> tuple[int, int]:
     """(bands, rows per band) tuned for recall at `threshold`.
 
@@ -101,7 +112,7 @@ def near_duplicate_pairs(sets: list[set[str]], threshold: float) -> list[tuple[i
 
     lsh = MinHashLSH(num_perm=NUM_PERM, params=lsh_bands(threshold))
     pairs = set()
-    for i, mh in enumerate(minhashes(sets)):
+    for i, mh in enumerate(iter_minhashes(sets, desc="near duplicates")):  # hashing and matching, row by row
         for j in lsh.query(mh):
             if jaccard(sets[i], sets[j]) >= threshold:
                 pairs.add((j, i))
@@ -126,11 +137,12 @@ def cross_split_audit(rows: list[dict], splits: dict[str, list[int]], threshold:
             seen.setdefault(normalize(r[key]), set()).add(split_of[i])
         out[name] = sum(len(s) - 1 for s in seen.values())
     sets = [shingles(row_text(r)) for r in rows]
-    hashes = minhashes(sets, seed=7)  # other hash functions than the grouping used
+    hashes = list(iter_minhashes(sets, seed=7, desc="split audit: hashing"))  # other hash functions than the grouping's
     lsh = MinHashLSH(num_perm=NUM_PERM, params=(32, 4))
     for i in splits["train"]:
         lsh.insert(i, hashes[i])
-    out["near duplicate"] = sum(1 for s in ("validation", "test") for i in splits[s]
+    held_out = splits["validation"] + splits["test"]
+    out["near duplicate"] = sum(1 for i in progress(held_out, desc="split audit: matching", unit="row")
                                 for j in lsh.query(hashes[i]) if jaccard(sets[i], sets[j]) >= threshold)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codelora.console import progress
 from codelora.errors import ModelError
 
 IGNORE_INDEX = -100
@@ -132,7 +133,7 @@ class ClassExample:
 def _encode_all(encode, rows: list[dict], max_length: int) -> tuple[list, list[int]]:
     """(examples, positions of rows dropped because a sequence exceeds max_length)."""
     examples, too_long = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(progress(rows, desc="tokenizing", unit="row")):
         ex = encode(row)
         if max(len(ex.input_ids), len(ex.labels)) > max_length:
             too_long.append(i)

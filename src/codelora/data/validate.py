@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codelora.console import progress
 from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates
 from codelora.errors import DataError
 
@@ -32,7 +33,8 @@ def select_records(raw: RawRecords, to_row) -> Rows:
     every other record becomes a drop under its reason. A prepared directory's splits are re-indexed."""
     drops = {k: list(v) for k, v in raw.drops.items()}
     rows, position = [], {}
-    for i, (rec, ref) in enumerate(zip(raw.records, raw.refs)):
+    records = progress(zip(raw.records, raw.refs), total=len(raw.records), desc="validating", unit="row")
+    for i, (rec, ref) in enumerate(records):
         row, reason = to_row(rec)
         if reason:
             drops.setdefault(reason, []).append(ref)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from codelora.config import EvalConfig, GenerateConfig, RunConfig
+from codelora.console import say
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.io.figures import pyplot, save_figure
@@ -70,8 +70,9 @@ def evaluate_classifier(model, fmt: ClassFormat, test_examples, ec: EvalConfig, 
 
 
 def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, gen: GenerateConfig, pad_id: int,
-                   device: str) -> tuple[dict, list[str]]:
-    """(metrics, outputs): generated answers, or predicted labels for a classifier."""
+                   device: str, name: str = "") -> tuple[dict, list[str]]:
+    """(metrics, outputs): generated answers, or predicted labels for a classifier. `name` (the
+    model's, as reported) labels the generation's progress bar."""
     if isinstance(fmt, ClassFormat):
         return evaluate_classifier(model, fmt, test_examples, ec, pad_id, device)
     t0 = time.perf_counter()
@@ -80,7 +81,8 @@ def evaluate_model(model, fmt, test_rows, test_examples, ec: EvalConfig, gen: Ge
     else:
         loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
     rows = test_rows[: ec.limit] if ec.limit else test_rows
-    answers = generate_answers(model, fmt, [user_message(r) for r in rows], gen, ec.batch_size, device)
+    answers = generate_answers(model, fmt, [user_message(r) for r in rows], gen, ec.batch_size, device,
+                               progress_desc=f"{name}: generating" if name else "generating")
     refs = [r["output"] for r in rows]
     return {
         "eval_loss": loss,
@@ -110,10 +112,10 @@ def compare_models(candidates, fmt, test_rows, test_examples, cfg: RunConfig, pa
     results, answers = {}, {}
     for name, model, ctx in candidates:
         shown = METHOD_LABELS.get(method, method) if name == "adapter" else name
-        print(f"codelora: evaluating {shown} on {len(test_rows)} test rows ...", file=sys.stderr, flush=True)
+        say(f"evaluating {shown} on {len(test_rows)} test rows ...")  # quiet with --quiet, unlike a bare print
         with ctx:
             results[name], answers[name] = evaluate_model(model, fmt, test_rows, test_examples, cfg.eval, cfg.generate,
-                                                          pad_id, device)
+                                                          pad_id, device, name=shown)
     classifier = isinstance(fmt, ClassFormat)
     n_gen = len(answers["base"])
     report = {

@@ -36,7 +36,7 @@ def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Li
     scored = [t for t in tasks if t.task_id in completions]
     n = min(len(v) for v in completions.values())
     t0 = time.perf_counter()
-    results = execute(scored, completions, limits)
+    results = execute(scored, completions, limits, desc="completions: running")
     report = _report({"completions": (summarize(results, _ks(n)), results)}, scored, limits, time.perf_counter() - t0)
     report["completions_file"] = str(path)
     _write(report, {"completions": results}, out)
@@ -44,17 +44,20 @@ def score_completions(tasks: list[Task], path: str | Path, out: Path, limits: Li
 
 
 def _generate(model, fmt, tasks: list[Task], ec: EvalConfig, gen: GenerateConfig, device: str,
-              seed: int) -> dict[str, list[str]]:
-    """`ec.samples` answers per task: one greedy answer, or seeded samples at ec.sample_temperature."""
+              seed: int, name: str = "") -> dict[str, list[str]]:
+    """`ec.samples` answers per task: one greedy answer, or seeded samples at ec.sample_temperature.
+    `name` (the model's) labels the progress bar."""
     questions = [t.instruction for t in tasks]
+    what = f"{name}: generating" if name else "generating"
     if ec.samples == 1:
-        answers = generate_answers(model, fmt, questions, gen, ec.batch_size, device)
+        answers = generate_answers(model, fmt, questions, gen, ec.batch_size, device, progress_desc=what)
         return {t.task_id: [a] for t, a in zip(tasks, answers)}
     sampled = dataclasses.replace(gen, temperature=ec.sample_temperature)
     out: dict[str, list[str]] = {t.task_id: [] for t in tasks}
     for i in range(ec.samples):
         torch.manual_seed(seed + i)
-        answers = generate_answers(model, fmt, questions, sampled, ec.batch_size, device)
+        answers = generate_answers(model, fmt, questions, sampled, ec.batch_size, device,
+                                   progress_desc=f"{what} (sample {i + 1}/{ec.samples})")
         for t, a in zip(tasks, answers):
             out[t.task_id].append(a)
     return out
@@ -97,9 +100,9 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
             model.set_adapter(name)
         say(f"{name}: generating {ec.samples} answer(s) for {len(tasks)} tasks ...")
         with ctx:
-            answers[name] = _generate(files.get(name, model), fmt, tasks, ec, gen, dev, seed)
+            answers[name] = _generate(files.get(name, model), fmt, tasks, ec, gen, dev, seed, name)
         say(f"{name}: running {sum(len(v) for v in answers[name].values())} samples in the sandbox ...")
-        results = execute(tasks, answers[name], limits, from_chat=True)
+        results = execute(tasks, answers[name], limits, from_chat=True, desc=f"{name}: running")
         entries[name] = (summarize(results, _ks(ec.samples)), results)
         all_results[name] = results
     report = _report(entries, tasks, limits, time.perf_counter() - t0)

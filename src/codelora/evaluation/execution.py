@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from codelora.console import progress
 from codelora.data.clean import extract_code
 from codelora.errors import DataError
 from codelora.evaluation.sandbox import Limits, Outcome, run_program
@@ -148,8 +149,9 @@ class TaskResult:
 
 
 def execute(tasks: list[Task], completions: dict[str, list[str]], limits: Limits = Limits(), workers: int = 2,
-            from_chat: bool = False, progress=None) -> list[TaskResult]:
-    """Run every completion of every task in the sandbox; one worker slot (uid) per thread."""
+            from_chat: bool = False, desc: str = "running") -> list[TaskResult]:
+    """Run every completion of every task in the sandbox; one worker slot (uid) per thread. A bar
+    (unit "program", labelled `desc`) moves as each program finishes."""
     jobs = [(t, i, c) for t in tasks for i, c in enumerate(completions.get(t.task_id, []))]
     slots = list(range(workers))
 
@@ -158,13 +160,14 @@ def execute(tasks: list[Task], completions: dict[str, list[str]], limits: Limits
         slot = slots[job_index % workers]
         return run_program(program_for(task, completion, from_chat), limits, slot)
 
-    # jobs i and i + workers never overlap in time on the same slot: map in chunks of `workers`
+    # jobs i and i + workers never overlap in time on the same slot: run in chunks of `workers`
     outcomes: list[Outcome] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress(total=len(jobs), desc=desc, unit="program") as bar:
         for start in range(0, len(jobs), workers):
-            outcomes += list(pool.map(run, range(start, min(start + workers, len(jobs)))))
-            if progress:
-                progress(len(outcomes), len(jobs))
+            chunk = [pool.submit(run, i) for i in range(start, min(start + workers, len(jobs)))]
+            for _ in as_completed(chunk):
+                bar.update(1)
+            outcomes += [f.result() for f in chunk]
     by_task: dict[str, list[Outcome]] = {t.task_id: [] for t in tasks}
     for (task, _, _), outcome in zip(jobs, outcomes):
         by_task[task.task_id].append(outcome)

@@ -11,6 +11,8 @@ SIGTERM or Ctrl-C) leaves `OUT.partial/` with a checkpoint for `resume`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from pathlib import Path
 from codelora.config import RunConfig
 from codelora.console import say
 from codelora.errors import CodeloraError, TrainingStopped
+from codelora.experiments.card import write_model_card
+from codelora.tracking import Trackers, open_trackers
 from codelora.io.rundir import partial_dir, staged_run_dir
 
 
@@ -56,12 +60,18 @@ def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
         say(f"{cfg.out} is already complete; nothing to resume")
         return RunResult(None)
     tasks = _execution_tasks(cfg, opts) if opts.evaluate else None  # fail before training, not after
+    trackers = open_trackers(cfg, partial, Path(cfg.out).name)  # a missing extra fails here, before anything runs
     try:
-        with staged_run_dir(cfg.out, overwrite=opts.overwrite, resume=opts.resume) as run_dir:
-            trained = train(cfg, run_dir, resume=opts.resume, allow_partial_resume=opts.allow_partial_resume)
+        with staged_run_dir(cfg.out, overwrite=opts.overwrite, resume=opts.resume) as run_dir, \
+                reporting(trackers):
+            trained = train(cfg, run_dir, resume=opts.resume, allow_partial_resume=opts.allow_partial_resume,
+                            trackers=trackers)
             result = RunResult(Path(cfg.out))
             if opts.evaluate:
                 result.report, result.exec_report = _evaluate(trained, cfg, tasks)
+                trackers.log_evaluation(result.report, result.exec_report, _last_step(run_dir))
+            write_model_card(run_dir, Path(cfg.out).name)
+            trackers.log_artifacts(run_dir)
     except TrainingStopped:
         raise
     except (Exception, KeyboardInterrupt) as e:
@@ -69,6 +79,24 @@ def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
             e.add_note(f"checkpoints kept in {partial}")
         raise
     return result
+
+
+@contextlib.contextmanager
+def reporting(trackers: Trackers):
+    """Close the tracker runs with what happened: FINISHED, KILLED (stopped; resumable) or FAILED."""
+    try:
+        yield trackers
+    except (TrainingStopped, KeyboardInterrupt):
+        trackers.finish("KILLED")
+        raise
+    except BaseException:
+        trackers.finish("FAILED")
+        raise
+    trackers.finish("FINISHED")
+
+
+def _last_step(run_dir: Path) -> int:
+    return json.loads((run_dir / "manifest.json").read_text())["train"]["steps"]
 
 
 def _execution_tasks(cfg: RunConfig, opts: RunOptions):

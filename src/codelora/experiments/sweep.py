@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from codelora.config import TrainConfig, load_config_file, parse_config, set_dotted
+from codelora.console import progress
 from codelora.errors import ConfigError, CodeloraError
 
 SWEEP_KEYS = {"out", "base", "set", "grid", "cells", "x"}
@@ -129,10 +130,14 @@ def run_sweep(path: str | Path, say=print) -> Sweep:
     sweep = load_sweep(path)
     (sweep.out / "cells").mkdir(parents=True, exist_ok=True)
     failed = []
+    # every cell reports to one MLflow experiment named after the sweep (train.report_to: [mlflow])
+    env = os.environ | {"MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME") or sweep.out.name}
+    bar = progress(total=len(sweep.cells), desc="sweep", unit="cell")
     for i, cell in enumerate(sweep.cells, 1):
         run_dir = cell_dir(sweep, cell)
         if is_done(run_dir):
             say(f"[{i}/{len(sweep.cells)}] {cell.name}: done already, skipped")
+            bar.update(1)
             continue
         config_file = sweep.out / "cells" / f"{cell.name}.yaml"
         config_file.write_text(yaml.safe_dump(cell_config(sweep, cell), sort_keys=False))
@@ -142,10 +147,12 @@ def run_sweep(path: str | Path, say=print) -> Sweep:
             cmd.append("--resume")
         say(f"[{i}/{len(sweep.cells)}] {cell.name}: {'resuming' if resumed else 'running'} "
             f"(log: {sweep.out / 'cells' / (cell.name + '.log')})")
-        code = _run_child(cmd, sweep.out / "cells" / f"{cell.name}.log")
+        code = _run_child(cmd, sweep.out / "cells" / f"{cell.name}.log", env)
         if code != 0 or not is_done(run_dir):
             failed.append(cell.name)
             say(f"[{i}/{len(sweep.cells)}] {cell.name}: FAILED (exit {code}); see its log")
+        bar.update(1)
+    bar.close()
     sweep.results = [collect(sweep, cell) for cell in sweep.cells if is_done(cell_dir(sweep, cell))]
     write_outputs(sweep)
     if failed:
@@ -154,10 +161,10 @@ def run_sweep(path: str | Path, say=print) -> Sweep:
     return sweep
 
 
-def _run_child(cmd: list[str], log: Path) -> int:
+def _run_child(cmd: list[str], log: Path, env: dict[str, str]) -> int:
     """Run one cell; SIGTERM/SIGINT are passed on, so the cell checkpoints and stops, then we stop too."""
     with open(log, "a") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     stop = []
 
     def forward(signum, frame):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from codelora.config import ExportConfig, MergeConfig, ModelConfig, validated
-from codelora.console import say
+from codelora.console import Stages, say
 from codelora.errors import first_line
 from codelora.export.converters import (ExportError, check_architecture, convert_lora, convert_model,
                                          converter_dir)
@@ -43,16 +43,18 @@ def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bo
     if out.resolve() == run_dir.resolve():
         raise ExportError("--out must differ from the run directory")
     import_llama_cpp(), converter_dir()  # say what to install before any work
-    check_architecture(*_architecture(run_dir, kind))
-    dev = pick_device(ec.device)
     t0 = time.perf_counter()
-    with staged_run_dir(out, overwrite=overwrite) as staged:
-        if ec.format == "gguf":
-            report = _export_model(run_dir, kind, staged, ec, dev)
-        else:
-            report = _export_lora(run_dir, staged, ec, dev)
-        report["seconds"] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(staged / "export_report.json", report)
+    with Stages(_stage_count(kind, ec), "export") as stage:
+        stage("checking the architecture")
+        check_architecture(*_architecture(run_dir, kind))
+        dev = pick_device(ec.device)
+        with staged_run_dir(out, overwrite=overwrite) as staged:
+            if ec.format == "gguf":
+                report = _export_model(run_dir, kind, staged, ec, dev, stage)
+            else:
+                report = _export_lora(run_dir, staged, ec, dev, stage)
+            report["seconds"] = round(time.perf_counter() - t0, 1)
+            write_json_atomic(staged / "export_report.json", report)
     for name, f in report["files"].items():
         p = f.get("parity")
         figures = "" if p is None else (f": top-1 agreement {p['top1_agreement']:.3f}, mean KL {p['mean_kl']:.2e}, "
@@ -63,6 +65,21 @@ def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bo
              f"--gguf {out / 'base-f16.gguf'} --gguf-lora {out / report['main_file']}")
     say(f"wrote {out}/Modelfile and export_report.json; try: codelora ask \"Reverse a string in Python\" {files}")
     return report
+
+
+def _quants(ec: ExportConfig) -> list[str]:
+    return list(dict.fromkeys(ec.quant.split(",")))
+
+
+def _stage_count(kind: str, ec: ExportConfig) -> int:
+    """The stage() calls of an export (its bar's total): the architecture check, then those of
+    _export_lora, or of _export_model: load (merge), save, convert, quantize and check each file."""
+    from codelora.models.merge import MERGE_STAGES
+
+    if ec.format == "gguf-lora":
+        return 1 + 6
+    quantized = len([q for q in _quants(ec) if q != "f16"])
+    return 1 + (MERGE_STAGES if kind == "adapter" else 1) + 2 + quantized + 1 + (1 + quantized)
 
 
 def _run_kind(run_dir: Path, ec: ExportConfig) -> str:
@@ -107,34 +124,40 @@ def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
 # -- format gguf: the whole model --------------------------------------------------------------------
 
 
-def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev: str) -> dict:
+def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
     from codelora.models.merge import merged_model, save_model
 
-    quants = list(dict.fromkeys(ec.quant.split(",")))
+    quants = _quants(ec)
     if kind == "adapter":
         from codelora.models.adapters import check_finite
 
         check_finite(run_dir)
-        m = merged_model(run_dir, MergeConfig(device=ec.device), dev)
+        m = merged_model(run_dir, MergeConfig(device=ec.device), dev, stage)
         model, tokenizer, fmt, source, merge_report = m.model, m.tokenizer, m.fmt, m.source, m.report["parity"]
     else:
         from codelora.data.prompts import PromptFormat
         from codelora.models.sources import load_base
 
+        stage("loading the model")
         model, tokenizer, source = load_base(ModelConfig(name=str(run_dir)), dev)
         fmt, merge_report = PromptFormat(tokenizer), None
     hf_dir = staged / ".merged"
+    stage("saving for the converter")
     save_model(model, tokenizer, hf_dir, name_or_path=source.name)
+    stage("converting to GGUF f16")
     f16 = convert_model(hf_dir, staged / "model-f16.gguf", "f16")
     shutil.rmtree(hf_dir)
     paths = {"f16": f16}
     for q in quants:
         if q != "f16":
+            stage(f"quantizing to {q}")
             say(f"quantizing to {q} with llama.cpp ...")
             paths[q] = quantize(f16, staged / f"model-{q}.gguf", q, _threads(ec))
+    stage("PyTorch reference")
     ref = Reference(model, fmt, dev, ec.greedy_tokens)
     files = {}
     for q, path in paths.items():  # f16 first: a failed gate stops before the others are checked
+        stage(f"llama.cpp check of {path.name}")
         files[path.name] = _checked(path, q, ref, ec, strict=q == "f16")
     if "f16" not in quants:  # only the intermediate of the others; its figures stay in the report
         f16.unlink()
@@ -148,7 +171,7 @@ def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev:
 # -- format gguf-lora: the adapter alone, and the base it applies to ------------------------------------
 
 
-def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str) -> dict:
+def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
     from codelora.data.prompts import PromptFormat
     from codelora.models.adapters import base_model_of, check_finite, check_same_base, check_shapes
     from codelora.models.lora import load_adapter
@@ -159,17 +182,23 @@ def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str) -> dic
     check_finite(run_dir)
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"
+    stage("loading the base model")  # six stages: _stage_count
     base, tokenizer, source = load_base(model_cfg, dev)
     check_same_base(run_dir, source)
     check_shapes(run_dir, base)
     hf_dir = staged / ".base"
+    stage("saving the base for the converter")
     save_model(base, tokenizer, hf_dir, name_or_path=source.name)  # before the adapter is attached to it
+    stage("converting the base to GGUF f16")
     base_gguf = convert_model(hf_dir, staged / "base-f16.gguf", "f16")
+    stage("converting the adapter to GGUF")
     adapter_dir = _llama_cpp_adapter(run_dir, adapter_config, staged / ".adapter")
     lora = convert_lora(adapter_dir, hf_dir, staged / "adapter-f32.gguf", "f32")
     shutil.rmtree(hf_dir), shutil.rmtree(adapter_dir)
     fmt = PromptFormat(tokenizer)
+    stage("PyTorch reference")
     ref = Reference(load_adapter(base, run_dir).eval(), fmt, dev, ec.greedy_tokens)
+    stage(f"llama.cpp check of {lora.name}")
     files = {lora.name: _checked(base_gguf, "f16 + LoRA", ref, ec, strict=True, lora=lora),
              base_gguf.name: {"quant": "f16", "bytes": base_gguf.stat().st_size, "role": "the base model"}}
     write_text_atomic(staged / "Modelfile", modelfile(fmt, base_gguf.name, adapter_name=lora.name))

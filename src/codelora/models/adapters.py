@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from codelora.config import EMBEDDED_MODEL, ModelConfig, load_config_file, parse_config
+from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig, load_config_file, parse_config
 from codelora.errors import ModelError
 
 
@@ -24,6 +24,8 @@ def base_model_of(adapter_dir: Path) -> ModelConfig:
     if run_config.is_file():
         return parse_config(load_config_file(run_config)).model
     name = _peft_base_name(adapter_dir)
+    if identity_of_name(name or EMBEDDED_MODEL) == "embedded":  # offline first: our copy of SmolLM2
+        name = EMBEDDED_MODEL
     return ModelConfig(name=name or EMBEDDED_MODEL)
 
 
@@ -42,7 +44,7 @@ def _embedded_cache() -> str:
 
 def identity_of_name(name: str) -> str:
     """'embedded', 'dir:/real/path' or 'hub:owner/name' for a model name as a user or peft wrote it."""
-    if name == EMBEDDED_MODEL:
+    if name in (EMBEDDED_MODEL, EMBEDDED_HUB_IDS[EMBEDDED_MODEL]):  # our copy of that Hub model: same shapes, tokens
         return "embedded"
     path = Path(name).expanduser()
     if path.is_dir():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelora.config import MergeConfig, validated
+from codelora.console import Stages, no_stages
 from codelora.errors import CodeloraError, ModelError
 
 # Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
@@ -25,6 +26,9 @@ PROBES = [
      "```python\nimport pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.head())\n```"),
     ("Explain what a list comprehension is.", "A list comprehension builds a list from an iterable: [x * x for x in range(5)]."),
 ]
+
+
+MERGE_STAGES = 4  # the stage() calls of merged_model: base, adapter, merge, parity check
 
 
 class ParityError(CodeloraError):
@@ -85,8 +89,9 @@ class Merged:
     report: dict
 
 
-def merged_model(run_dir: Path, mc: MergeConfig, dev: str) -> Merged:
-    """Load the adapter of `run_dir` on its base, merge it, and gate the merge (ParityError if unfaithful)."""
+def merged_model(run_dir: Path, mc: MergeConfig, dev: str, stage=no_stages) -> Merged:
+    """Load the adapter of `run_dir` on its base, merge it, and gate the merge (ParityError if unfaithful).
+    `stage(name)` is told as each of its MERGE_STAGES stages starts (a caller's console.Stages bar)."""
     from codelora.console import say
     from codelora.data.prompts import PromptFormat
     from codelora.models.adapters import base_model_of, check_same_base, check_shapes
@@ -95,6 +100,7 @@ def merged_model(run_dir: Path, mc: MergeConfig, dev: str) -> Merged:
 
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"  # merge into full-precision weights
+    stage("loading the base model")
     base, tokenizer, source = load_base(model_cfg, dev)
     check_same_base(run_dir, source)
     check_shapes(run_dir, base)
@@ -103,9 +109,12 @@ def merged_model(run_dir: Path, mc: MergeConfig, dev: str) -> Merged:
     ids = probe_ids(fmt)
     base_logits = probe_logits(base, ids, dev)
 
+    stage("loading the adapter")
     adapted = load_adapter(base, run_dir).eval()
     adapter_logits = probe_logits(adapted, ids, dev)
+    stage("merging")
     merged = adapted.merge_and_unload(safe_merge=False)  # NaN weights are the gate's job, with a clearer message
+    stage("parity check")
     merged_logits = probe_logits(merged, ids, dev)
     stats = compare_logits(adapter_logits, merged_logits)
     effect = compare_logits(base_logits, adapter_logits)
@@ -140,10 +149,12 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
     if out.resolve() == run_dir.resolve():
         raise CodeloraError("--out must differ from the adapter directory")
     mc = validated(mc or MergeConfig(), "--")
-    m = merged_model(run_dir, mc, pick_device(mc.device))
-    with staged_run_dir(out, overwrite=overwrite) as staged:
-        save_model(m.model, m.tokenizer, staged, name_or_path=str(out))
-        write_json_atomic(staged / "merge_report.json", m.report)
+    with Stages(MERGE_STAGES + 1, "merge") as stage:
+        m = merged_model(run_dir, mc, pick_device(mc.device), stage)
+        stage("saving")
+        with staged_run_dir(out, overwrite=overwrite) as staged:
+            save_model(m.model, m.tokenizer, staged, name_or_path=str(out))
+            write_json_atomic(staged / "merge_report.json", m.report)
     say(f"merged model ({m.report['parameters']['merged']:,} parameters, same as the base) written to {out}; "
         f"use it with --model {out}")
     return m.report

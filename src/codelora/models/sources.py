@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from codelora.config import EMBEDDED_ENCODER, EMBEDDED_MODEL, ModelConfig
+from codelora.config import EMBEDDED_ENCODER, EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig
 from codelora.errors import ModelError, first_line
 from codelora.hub import hub_reachable
 from codelora.io.files import sha256_file
@@ -45,9 +45,21 @@ class ModelSource:
     path: str  # what from_pretrained receives
     revision: str | None = None
     details: dict = field(default_factory=dict)
+    hub_id: str | None = None  # a local model's model.hub_id
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"loadable_name": self.loadable_name}
+
+    @property
+    def loadable_name(self) -> str:
+        """What someone else loads this base by (adapter_config.json, model cards): the Hub id, for the
+        embedded models the Hub model they are copies of; never a path on this machine (a local model
+        without model.hub_id: its folder's name)."""
+        if self.kind == "embedded":
+            return EMBEDDED_HUB_IDS[self.name]
+        if self.kind == "local":
+            return self.hub_id or Path(self.path).name
+        return self.name
 
 
 def _looks_like_path(name: str) -> bool:
@@ -66,7 +78,7 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {path} has no config.json; point --model at a saved Hugging Face model")
-        return ModelSource(name=name, kind="local", path=str(path.resolve()))
+        return ModelSource(name=name, kind="local", path=str(path.resolve()), hub_id=cfg.hub_id)
     if path.exists() or _looks_like_path(name):
         raise ModelError(f"model directory not found: {name}")
     return ModelSource(name=name, kind="hub", path=name, revision=cfg.revision)
@@ -215,8 +227,7 @@ def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool
     if source.name == EMBEDDED_MODEL and kwargs["dtype"] == torch.bfloat16 and quantize == "none":
         weights = dataclasses.replace(source, path=str(_bf16_copy(Path(source.path))))
     model = _from_pretrained(auto_cls, weights, trust_remote_code, **kwargs)
-    if source.kind != "local":
-        model.name_or_path = source.name  # what peft records as the adapter's base model
+    model.name_or_path = source.loadable_name  # what peft records as an adapter's base model
     return model if quantize != "none" else model.to(device)
 
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from codelora.config import TrainConfig
-from codelora.console import say
+from codelora.console import progress, say
 from codelora.data.prompts import Example
 from codelora.errors import CodeloraError, TrainingStopped
+from codelora.tracking import Trackers
 from codelora.training.batches import length_grouped_batches
 from codelora.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from codelora.training.outputs import LossLog
@@ -82,6 +81,7 @@ class Loop:
     scheduler: object  # a torch LR scheduler from transformers.get_scheduler
     run_dir: Path
     fingerprint: str  # data_fingerprint of the rows: a checkpoint of other data is refused
+    trackers: Trackers  # train.report_to: each loss log entry is sent to them too
     progress: Progress = field(default_factory=Progress)
     log: LossLog = field(init=False)  # opened by `begin` or `restore`
     resumed_from_step: int | None = None
@@ -92,21 +92,21 @@ class Loop:
 
 
 def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int,
-        run_dir: Path, checkpoint: Checkpoint | None = None, allow_partial_resume: bool = False) -> dict:
+        run_dir: Path, checkpoint: Checkpoint | None = None, allow_partial_resume: bool = False,
+        trackers: Trackers | None = None) -> dict:
     """Train ctx.model on train_ex; return the statistics that go into manifest.json as "train".
 
     With `checkpoint` the run continues from it and ends as if it had never stopped. Micro-batches
     are split to ctx.max_batch_tokens (tc.max_batch_tokens is not read here).
     """
-    loop = make_loop(ctx, train_ex, val_ex, tc, seed, run_dir)
+    loop = make_loop(ctx, train_ex, val_ex, tc, seed, run_dir, trackers or Trackers())
     if checkpoint is not None:
         restore(loop, checkpoint, allow_partial_resume)
     else:
         begin(loop)
     p = loop.progress
     t0 = time.perf_counter()
-    bar = tqdm(total=loop.schedule.total_steps, initial=p.step, desc="training", unit="step", file=sys.stderr,
-               dynamic_ncols=True, disable=not ctx.dist.main)
+    bar = progress(total=loop.schedule.total_steps, initial=p.step, desc="training", unit="step")
     # SIGTERM / Ctrl-C from here on: finish the step, checkpoint, stop (a second one stops at once)
     with loop.log, bar, GracefulStop() as stop:
         while p.step < loop.schedule.total_steps:
@@ -115,7 +115,7 @@ def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: Tr
 
 
 def make_loop(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int,
-              run_dir: Path) -> Loop:
+              run_dir: Path, trackers: Trackers) -> Loop:
     """The schedule, AdamW over the weights that train, and the learning-rate schedule."""
     from transformers import get_scheduler
 
@@ -125,18 +125,19 @@ def make_loop(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], 
     scheduler = get_scheduler(tc.scheduler, optimizer, num_training_steps=schedule.total_steps,
                               num_warmup_steps=math.ceil(tc.warmup_ratio * schedule.total_steps))
     return Loop(ctx, tc, seed, train_ex, val_ex, schedule, params, optimizer, scheduler, run_dir,
-                data_fingerprint(train_ex, val_ex))
+                data_fingerprint(train_ex, val_ex), trackers)
 
 
 def begin(loop: Loop) -> None:
     """A fresh run: a new loss log and the validation loss before any step (step 0)."""
-    loop.log = LossLog(loop.log_path)
+    loop.trackers.start([])
+    loop.log = LossLog(loop.log_path, sink=loop.trackers.log_entry)
     p = loop.progress
     p.val_start = p.val_loss = validate(loop.ctx, loop.val_ex, loop.tc.batch_size)
     loop.log.write(split="validation", step=0, epoch=0.0, loss=p.val_start)
 
 
-def run_epoch(loop: Loop, bar: tqdm, stop: GracefulStop) -> None:
+def run_epoch(loop: Loop, bar, stop: GracefulStop) -> None:
     """The rest of the current epoch (all of it, unless resumed inside it), or up to the last step."""
     p, schedule, ctx = loop.progress, loop.schedule, loop.ctx
     # A new shuffle each epoch, reproducible from the seed (and so from a checkpoint).
@@ -204,7 +205,8 @@ def restore(loop: Loop, checkpoint: Checkpoint, allow_partial: bool) -> None:
     if "scheduler" in state:
         loop.scheduler.load_state_dict(state["scheduler"])
     loop.progress = Progress(**state["progress"])
-    loop.log = LossLog(loop.log_path, state["log"])
+    loop.trackers.start(state["log"])
+    loop.log = LossLog(loop.log_path, state["log"], sink=loop.trackers.log_entry)
     loop.resumed_from_step = checkpoint.step
     say(f"resuming from {checkpoint.path.name}: step {loop.progress.step} of {loop.schedule.total_steps}, "
         f"epoch {loop.progress.epoch + 1}")
@@ -236,11 +238,14 @@ def summary(loop: Loop, seconds: float) -> dict:
     }
 
 
-def baseline(ctx: StepContext, val_ex: list[Example], batch_size: int, run_dir: Path) -> dict:
+def baseline(ctx: StepContext, val_ex: list[Example], batch_size: int, run_dir: Path,
+             trackers: Trackers | None = None) -> dict:
     """train.method none: no step is taken; the validation loss is measured once, like fit's step 0."""
     t0 = time.perf_counter()
     val = validate(ctx, val_ex, batch_size)
-    with LossLog(run_dir / "loss_log.jsonl" if ctx.dist.main else None) as log:
+    trackers = trackers or Trackers()
+    trackers.start([])
+    with LossLog(run_dir / "loss_log.jsonl" if ctx.dist.main else None, sink=trackers.log_entry) as log:
         log.write(split="validation", step=0, epoch=0.0, loss=val)
     return {"steps": 0, "epochs": 0.0, "seconds": round(time.perf_counter() - t0, 2), "train_seconds": 0.0,
             "tokens": 0, "tokens_per_s": 0.0, "final_train_loss": None, "val_loss_start": val, "val_loss_end": val,

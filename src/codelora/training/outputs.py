@@ -49,9 +49,10 @@ class LossLog:
     checkpoint and were lost with the process do not appear twice.
     """
 
-    def __init__(self, path: Path | None, entries: list[dict] = ()):
+    def __init__(self, path: Path | None, entries: list[dict] = (), sink=None):
         self.path = path  # None: keep entries in memory only (processes other than rank 0)
         self.entries: list[dict] = list(entries)
+        self.sink = sink  # called with each new entry (the run's experiment trackers)
         self._f = open(path if path else os.devnull, "w", encoding="utf-8")
         self._f.writelines(json.dumps(e) + "\n" for e in self.entries)
         self._f.flush()
@@ -63,6 +64,8 @@ class LossLog:
             self._f.flush()
         except OSError as e:
             raise CodeloraError(f"could not write {self.path}: {describe_os_error(e)}") from None
+        if self.sink is not None:
+            self.sink(entry)
 
     def close(self) -> None:
         self._f.close()

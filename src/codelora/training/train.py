@@ -22,6 +22,7 @@ from codelora.data.dataset import PreparedData
 from codelora.data.prompts import PromptFormat
 from codelora.io.files import write_json_atomic
 from codelora.models.sources import ModelSource
+from codelora.tracking import Trackers
 from codelora.training.loop import baseline, fit
 from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve
 from codelora.training.resume import check_same_config, find_checkpoint
@@ -44,8 +45,10 @@ class TrainedRun:
     precision: str  # fp32 | bf16: what the base model was loaded and trained in
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_resume: bool = False) -> TrainedRun:
-    """Train an adapter into `run_dir`. Under torchrun only rank 0 writes; every rank returns the model."""
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_resume: bool = False,
+          trackers: Trackers | None = None) -> TrainedRun:
+    """Train an adapter into `run_dir`. Under torchrun only rank 0 writes (and reports to `trackers`);
+    every rank returns the model."""
     if resume:
         check_same_config(cfg, run_dir)
     precision_file = run_dir / "precision.json"  # a resumed run keeps the precision it started with
@@ -58,10 +61,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     ctx = StepContext(s.model, s.tokenizer.pad_token_id, s.device,
                       max_batch_tokens=cfg.train.batch_token_budget(s.device), dtype=s.dtype, dist=s.dist)
     if cfg.train.method == "none":
-        stats = baseline(ctx, s.data.examples_of("validation"), cfg.train.batch_size, run_dir)
+        stats = baseline(ctx, s.data.examples_of("validation"), cfg.train.batch_size, run_dir, trackers)
     else:
         stats = fit(ctx, s.data.examples_of("train"), s.data.examples_of("validation"), cfg.train, cfg.seed,
-                    run_dir, checkpoint, allow_partial_resume)
+                    run_dir, checkpoint, allow_partial_resume, trackers)
     if s.dist.main:
         save_result(cfg, s, stats, run_dir)
     return TrainedRun(s.model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,

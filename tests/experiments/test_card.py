@@ -1,0 +1,156 @@
+"""The run directory's README.md: a model card from the run that huggingface_hub parses and
+validates, whose base model someone else can load, and whose plain-peft snippet runs as written."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run_cli
+
+ROOT = Path(__file__).parents[2]
+
+
+def load_card(run_dir: Path):
+    """The card as the Hub library reads it, with metadata errors raised (not ignored)."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import validate_repo_id
+
+    card = ModelCard.load(run_dir / "README.md", ignore_metadata_errors=False)
+    if "/" in card.data.base_model:
+        validate_repo_id(card.data.base_model)  # a Hub id, as the Hub checks it
+    for dataset in card.data.datasets or []:
+        validate_repo_id(dataset)
+    return card
+
+
+def python_block(card) -> str:
+    [code] = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    return code
+
+
+def tiny_run(tmp_path, model_dir, data_file, *extra) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text("eval:\n  limit: 2\ngenerate:\n  max_new_tokens: 8\n")
+    out = tmp_path / "my-adapter"
+    r = run_cli("run", config, "--model", model_dir, "--data", data_file, "--out", out, "--max-steps", "3", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_the_card_is_written_from_the_run_and_parses(tiny_model_dir, data_file, tmp_path):
+    out = tiny_run(tmp_path, tiny_model_dir, data_file, "--set", "model.hub_id=someone/tiny-llama")
+    card = load_card(out)
+    report = json.loads((out / "eval_report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    d = card.data
+    assert d.base_model == "someone/tiny-llama" and d.library_name == "peft" and d.base_model_relation == "adapter"
+    assert "lora" in d.tags and d.pipeline_tag == "text-generation"
+    results = {r.metric_type: r.metric_value for r in d.eval_results}
+    assert results["loss"] == round(report["models"]["adapter"]["eval_loss"], 4)
+    assert results["bleu"] == round(report["models"]["adapter"]["bleu"], 4)
+    assert {r.dataset_split for r in d.eval_results} == {"test"}
+    text = card.text
+    for needle in ("## Base model", "## Data", "## Method", "## Training", "## Evaluation", "## How to use",
+                   "## Intended use and limits", manifest["data"]["sha256"], "r 16, alpha 32",
+                   f"{manifest['train']['steps']} optimizer steps", "More Information Needed"):
+        assert (needle in text) == (needle != "More Information Needed"), needle
+    assert f"| eval loss (answer tokens) | {report['models']['base']['eval_loss']:.4f} |" in text
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "someone/tiny-llama"
+
+    # `codelora eval RUN_DIR` writes the card again with its new report
+    r = run_cli("eval", out, "--limit", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "answers (at most 8 new tokens) for 1 rows" in load_card(out).text
+
+
+def test_a_local_base_is_named_by_its_folder_never_by_a_path(tiny_model_dir, data_file, tmp_path):
+    out = tiny_run(tmp_path, tiny_model_dir, data_file)
+    named = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == tiny_model_dir.name and os.sep not in named
+    card = load_card(out)
+    assert card.data.base_model == tiny_model_dir.name
+    assert str(tiny_model_dir) not in (out / "README.md").read_text()
+    assert "set model.hub_id" in card.text
+
+
+def run_in_pty(cmd: list[str], cwd: Path, timeout: int) -> tuple[int, str, str]:
+    """Run `cmd` with stderr on a pseudo-terminal (what a user's shell gives it); (exit code, stderr, stdout)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size (a bare pty has 0x0)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), stdout.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(shared_head, tmp_path):
+    """configs/demo.yaml on the real embedded model (2 steps), run in a terminal: a bar with an ETA
+    during evaluation; the card's metadata validates and its plain-peft snippet, run as written from
+    the run directory, gives the adapter's test loss of eval_report.json."""
+    out = tmp_path / "demo"
+    code, stderr, stdout = run_in_pty(
+        [sys.executable, "-m", "codelora", "run", "configs/demo.yaml", "--out", str(out), "--max-steps", "2",
+         "--set", "eval.limit=4", "--set", "generate.max_new_tokens=32"], cwd=ROOT, timeout=1200)
+    assert code == 0, stderr[-3000:]
+    assert re.search(r"adapter: generating: +\d+%\|.*\| \d+/4 \[\d\d:\d\d<\d\d:\d\d", stderr), stderr[-3000:]
+
+    card = load_card(out)
+    d = card.data
+    assert d.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and d.datasets == ["flytech/python-codes-25k"]
+    assert d.license == "apache-2.0" and d.library_name == "peft"
+    assert "dequantized to float32" in card.text and "read from a local copy" in card.text
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    check = f"""
+import json
+from codelora.config import load_config_file, parse_config
+from codelora.data.dataset import load_task_data, prepare_data, task_format
+from codelora.training.loss import validation_loss
+
+cfg = parse_config(load_config_file("config.yaml"))
+cfg.data.source, cfg.data.fallback = {str(shared_head)!r}, None  # the rows the run read
+fmt = task_format("causal-lm", tokenizer, None)
+data = prepare_data(cfg.data, cfg.seed, fmt, load_task_data(cfg.data, "causal-lm"))
+pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+loss = validation_loss(model, data.examples_of("test"), 8, pad, "cpu")
+print(json.dumps({{"sha256": data.curated.sha256, "loss": loss}}))
+"""
+    r = subprocess.run([sys.executable, "-c", python_block(card) + check], cwd=out, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    *answer, last = r.stdout.strip().splitlines()
+    assert "".join(answer).strip(), "the snippet prints an answer"
+    got = json.loads(last)
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "eval_report.json").read_text())
+    assert got["sha256"] == manifest["data"]["sha256"]
+    assert abs(got["loss"] - report["models"]["adapter"]["eval_loss"]) < 1e-4, (got, report["models"]["adapter"])
