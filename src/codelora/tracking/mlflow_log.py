@@ -6,8 +6,8 @@ experiment is MLFLOW_EXPERIMENT_NAME, else "codelora" (a sweep names it after it
 with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`.
 
 MLflow keeps every value it is sent (a step logged twice shows twice) and cannot delete one, so a
-resumed run skips the steps the earlier process logged already: a resumed run repeats the same
-steps bit for bit, so what MLflow holds is what loss_log.jsonl holds.
+resumed run skips the steps the earlier process logged already. A resumed run repeats those steps
+(to 1e-6, as the resume tests hold it), so what MLflow holds is what loss_log.jsonl holds.
 """
 
 from __future__ import annotations
