@@ -44,11 +44,18 @@ def test_run_writes_every_output(e2e_run):
     assert report["rows_generated"] == 2 and set(report["models"]) == {"base", "adapter"}
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["model"]["kind"] == "embedded" and manifest["parameters"]["trainable"] == 1_843_200
-    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    # named by the Hub model the embedded one is a copy of: loadable by anyone, no path on this machine
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "trainable parameters 1,843,200 of 136,358,208" in result.stderr
     exec_report = json.loads((run / "exec_report.json").read_text())  # `run` also ran eval.tasks
     assert set(exec_report["models"]) == {"base", "adapter"} and exec_report["tasks"] == 2
     assert "| model | tasks | samples | pass@1 |" in result.stdout
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "README.md", ignore_metadata_errors=False)  # the card shows pass@1 too
+    [pass1] = [r for r in card.data.eval_results if r.metric_type == "pass@1"]
+    assert pass1.metric_value == round(exec_report["models"]["adapter"]["pass@1"], 4)
 
 
 def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):

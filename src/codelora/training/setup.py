@@ -59,7 +59,7 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     fmt = task_format(task, tokenizer, labels)
     data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
     say_data(loaded.source, data)
-    model = apply_method(model, cfg, source.name)
+    model = apply_method(model, cfg, source.loadable_name)
     trainable, total = count_parameters(model)
     say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
         + (f"; labels: {', '.join(labels)}" if labels else ""))
