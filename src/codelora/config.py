@@ -99,7 +99,8 @@ class ModelConfig:
     quantize: str = option("none", "load the base quantized (bitsandbytes, CUDA GPUs only): 4bit (NF4) is QLoRA",
                            choices=("none", "8bit", "4bit"))
     hub_id: str | None = option(None, "for a local model directory: the Hub id it is a copy of, written as the "
-                                      "base model of adapters and model cards (a path on this machine never is)")
+                                      "base model of adapters and model cards (a path on this machine never is)",
+                                pattern=(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", "a Hub id such as owner/name"))
     task: str = option("causal-lm", "model kind: causal-lm (decoders: the answer continues the prompt), seq2seq "
                                     "(encoder-decoders such as T5/CodeT5: labels = the answer), classification "
                                     "(encoders such as BERT: one label per text)", choices=TASKS)

@@ -154,3 +154,12 @@ print(json.dumps({{"sha256": data.curated.sha256, "loss": loss}}))
     report = json.loads((out / "eval_report.json").read_text())
     assert got["sha256"] == manifest["data"]["sha256"]
     assert abs(got["loss"] - report["models"]["adapter"]["eval_loss"]) < 1e-4, (got, report["models"]["adapter"])
+
+
+def test_a_hub_id_that_is_a_path_is_refused(tmp_path):
+    from cli_helpers import call_cli
+
+    r = call_cli("train", "--set", "model.hub_id=/home/me/models/tiny", "--out", tmp_path / "run")
+    assert r.returncode == 1 and not (tmp_path / "run").exists()
+    assert r.stderr.strip() == ("codelora: error: model.hub_id must be a Hub id such as owner/name; "
+                                "got '/home/me/models/tiny'")
