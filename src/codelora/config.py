@@ -516,6 +516,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
+def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config mapping as {dotted field: value}; `data.categories` (a mapping that is one field)
+    stays whole. The inverse of `set_dotted` over every field."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k != "categories":
+            out |= flatten_config(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict; the value is checked later against the dataclasses."""
     parts = key.split(".")

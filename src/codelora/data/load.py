@@ -42,13 +42,19 @@ def is_prepared_dir(path: Path) -> bool:
         (path / f"{s}.jsonl").is_file() for s in PREPARED_SPLITS)
 
 
+def is_hub_dataset(source: str) -> bool:
+    """Whether `source` names a Hub dataset rather than a local file or prepared directory."""
+    path = Path(source).expanduser()
+    return not (path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")))
+
+
 def read_source(source: str, fallback: str | None = None, limit: int | None = None,
                 required: tuple[str, ...] = REQUIRED_COLUMNS) -> RawRecords:
     """Read `source`; `required` names the columns that must appear in some record (() checks none)."""
     path = Path(source).expanduser()
     if is_prepared_dir(path):
         raw = _read_prepared(path)
-    elif path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
+    elif not is_hub_dataset(source):
         raw = _read_local(path)
     else:
         raw = _read_hub(source, fallback)

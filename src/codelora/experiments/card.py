@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, RunConfig, load_config_file, parse_config
+from codelora.data.load import is_hub_dataset
 from codelora.data.prompts import PLAIN_TEMPLATE
 from codelora.io.files import write_text_atomic
 
@@ -61,9 +62,7 @@ def base_name(manifest: dict) -> str:
 
 def dataset_id(cfg: RunConfig) -> str | None:
     """The Hub dataset the rows come from (also when a local fallback copy was read), else None."""
-    source = cfg.data.source
-    looks_hub = source.count("/") == 1 and not Path(source).exists() and not source.startswith((".", "/", "~"))
-    return source if looks_hub else None
+    return cfg.data.source if is_hub_dataset(cfg.data.source) else None
 
 
 def card_data(cfg: RunConfig, manifest: dict, report: dict | None, exec_report: dict | None, name: str):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from codelora.config import RunConfig
+from codelora.config import RunConfig, flatten_config
 from codelora.errors import ConfigError
 from codelora.tracking.state import STATE_FILE
 
@@ -98,17 +98,8 @@ def artifact_files(run_dir: Path) -> list[Path]:
 
 def flat_config(cfg: RunConfig) -> dict[str, str | int | float | bool]:
     """The resolved config as dotted keys with scalar values (what trackers take as params)."""
-    out: dict = {}
-
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict) and k != "categories":
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
-
-    walk(cfg.to_dict(), "")
-    return out
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+            for k, v in flatten_config(cfg.to_dict()).items()}
 
 
 def open_trackers(cfg: RunConfig, run_dir: Path, run_name: str) -> Trackers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codelora.config import RunConfig, load_config_file
+from codelora.config import RunConfig, flatten_config, load_config_file
 from codelora.console import say
 from codelora.errors import CodeloraError
 from codelora.training.checkpoint import Checkpoint, find_latest
@@ -21,22 +21,12 @@ def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, now = _flatten(load_config_file(saved_path)), _flatten(cfg.to_dict())
+    saved, now = flatten_config(load_config_file(saved_path)), flatten_config(cfg.to_dict())
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
              if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         raise CodeloraError(f"--resume needs the settings of the interrupted run, but {'; '.join(diffs)}; "
                             f"run the original command with --resume, or pass --overwrite to start over")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "categories":
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def find_checkpoint(run_dir: Path, dist: Dist) -> Checkpoint | None:
