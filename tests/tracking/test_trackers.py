@@ -154,3 +154,15 @@ def test_an_unknown_tracker_is_refused_in_one_line(tiny_model_dir, data_file, tm
     assert r.returncode == 1
     assert r.stderr.strip() == ("codelora: error: train.report_to: unknown tracker 'wandb'; choose from "
                                 "tensorboard, mlflow")
+
+
+def test_an_unusable_mlflow_store_is_one_line_before_training(tiny_model_dir, data_file, tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database")  # the store beside the run directory
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", tiny_model_dir, "--data", data_file, "--out", out, "--max-steps", "1",
+                "--set", "train.report_to=[mlflow]")
+    assert r.returncode == 1
+    store = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"codelora: error: train.report_to mlflow: cannot use the MLflow store {store}: DatabaseError: ")
+    assert "trained" not in r.stderr and not out.exists() and not out.with_name("run.partial").exists()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from codelora.console import say
+from codelora.errors import ConfigError, first_line
 from codelora.tracking.state import read_state, write_state
 
 DEFAULT_EXPERIMENT = "codelora"
@@ -34,9 +35,20 @@ class MlflowTracker:
         self.store = run_dir.resolve().parent
         self.uri = f"sqlite:///{self.store / 'mlflow.db'}" if local else os.environ["MLFLOW_TRACKING_URI"]
         self.artifacts = (self.store / "mlartifacts").as_uri() if local else None
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = self._open_store(MlflowClient)
         self.run_id: str | None = None
         self.logged: dict[str, int] = {}  # metric -> the last step the tracker run holds
+
+    def _open_store(self, client_class):
+        """The client, after one query: a store that cannot be used fails here, before the run."""
+        try:
+            client = client_class(tracking_uri=self.uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as e:  # MLflow, SQLAlchemy and URI errors alike
+            fix = "fix or remove it" if not os.environ.get("MLFLOW_TRACKING_URI") else "check MLFLOW_TRACKING_URI"
+            raise ConfigError(f"train.report_to mlflow: cannot use the MLflow store {self.uri}: "
+                              f"{type(e).__name__}: {first_line(e)}; {fix}") from None
 
     def start(self, history: list[tuple[int, dict[str, float]]]) -> None:
         self.run_id = self._continued_run() or self._new_run()
