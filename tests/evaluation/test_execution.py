@@ -5,7 +5,7 @@ import pytest
 
 from codelora.errors import DataError
 from codelora.evaluation.execution import (Task, execute, humaneval_tasks, load_completions, load_tasks_file,
-                                           pass_at_k, program_for, summarize)
+                                           pass_at_k, sample_for, summarize)
 
 TASKS = [
     {"task_id": "t/add", "instruction": "Write add(a, b).", "entry_point": "add",
@@ -49,8 +49,8 @@ def test_instruction_tasks_and_chat_answers(tmp_path):
 def test_chat_answer_that_redefines_a_humaneval_function():
     task = humaneval_tasks(limit=1)[0]
     answer = "Sure:\n```python\n" + task.prompt + task.canonical + "\n```\nThis checks every pair."
-    program = program_for(task, answer, from_chat=True)
-    assert program.count(f"def {task.entry_point}") == 2
+    sample = sample_for(task, answer, from_chat=True)
+    assert sample.code.count(f"def {task.entry_point}") == 2 and sample.helpers == task.prompt
     assert execute([task], {task.task_id: [answer]}, from_chat=True)[0].correct == 1
 
 

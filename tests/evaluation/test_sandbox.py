@@ -19,10 +19,10 @@ def _uid_processes(uid):
 
 
 def test_a_correct_program_passes_and_an_early_exit_does_not():
-    assert run_program("assert sum([1, 2]) == 3", LIMITS).passed
-    assert run_program("import sys\nsys.exit(0)\nassert False", LIMITS).status == "failed"
-    assert run_program("import os\nos._exit(0)\nassert False", LIMITS).status == "failed"
-    assert run_program("raise SystemExit", LIMITS).status == "failed"
+    assert run_program("assert sum([1, 2]) == 3", limits=LIMITS).passed
+    assert run_program("import sys\nsys.exit(0)\nassert False", limits=LIMITS).status == "failed"
+    assert run_program("import os\nos._exit(0)\nassert False", limits=LIMITS).status == "failed"
+    assert run_program("raise SystemExit", limits=LIMITS).status == "failed"
 
 
 @pytest.mark.skipif(isolation() != "full", reason="bubblewrap cannot start here: the sandbox runs with reduced "
@@ -48,7 +48,7 @@ def test_adversarial_corpus(tmp_path):
         "100 MB of stdout": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\nassert False",
     }
     t0 = time.perf_counter()
-    outcomes = {name: run_program(code, LIMITS) for name, code in corpus.items()}
+    outcomes = {name: run_program(code, limits=LIMITS) for name, code in corpus.items()}
     elapsed = time.perf_counter() - t0
     server.settimeout(0.2)
     try:
@@ -72,5 +72,5 @@ def test_adversarial_corpus(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-uid process caps need root to switch uids")
 def test_no_sample_process_survives():
-    run_program("import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(30)\n", LIMITS)
+    run_program("import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(30)\n", limits=LIMITS)
     assert _uid_processes(61000) == []

