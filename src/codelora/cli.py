@@ -9,6 +9,7 @@
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
     codelora serve [--adapters DIR]                   (serving.server)
     codelora sweep SWEEP.yaml                         (experiments.sweep)
+    codelora improve IMPROVE.yaml                     learn from execution (experiments.improve)
 
 Every flag that sets a setting is derived from its config field (codelora/config.py): its help,
 choices and default come from there. `--quiet`, before or after any subcommand, turns off the
@@ -185,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of configs (rank, targets, layers, lr, ...) one cell after another; "
                                      "restarting skips finished cells; writes sweep.csv, sweep.json and plots")
     p.add_argument("sweep_file", help="sweep YAML, e.g. configs/sweeps/rank.yaml")
+
+    p = sub.add_parser("improve", help="learn from execution: rounds of sampling answers to tasks with tests, "
+                                       "running them in the sandbox and training on the passing ones; rerun to "
+                                       "continue after an interruption")
+    p.add_argument("config", help="improve YAML, e.g. configs/improve.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set an improve field (rounds=1) or a training override (set.train.lr=1e-4); repeatable")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required: every sampled answer runs as a sandboxed process")
+    p.add_argument("--overwrite", action="store_true", help="start over when OUT holds another improve run")
     return parser
 
 
@@ -372,8 +383,17 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_improve(args) -> int:
+    from codelora.experiments.improve import improve, load_improve_config
+
+    cfg = load_improve_config(args.config, [parse_assignment(a) for a in args.set])
+    improve(cfg, allow_code_execution=args.allow_code_execution, overwrite=args.overwrite)
+    return 0
+
+
 COMMANDS = {"train": cmd_run, "run": cmd_run, "data": cmd_data, "eval": cmd_eval, "ask": cmd_ask,
-            "merge": cmd_merge, "export": cmd_export, "serve": cmd_serve, "sweep": cmd_sweep}
+            "merge": cmd_merge, "export": cmd_export, "serve": cmd_serve, "sweep": cmd_sweep,
+            "improve": cmd_improve}
 
 
 def _raise_interrupt(signum, frame):

@@ -171,6 +171,9 @@ class LoraSettings:
     use_dora: bool = option(False, "DoRA: also learn a magnitude vector per adapted matrix (d_out more parameters)")
     layers_to_transform: list[int] | None = option(None, "adapt only these transformer blocks (0-based); "
                                                          "omitted: all")
+    init_from: str | None = option(None, "start from this adapter's weights (a run directory or peft adapter "
+                                         "folder) instead of a fresh initialisation; its own r, alpha and targets "
+                                         "then apply (codelora improve sets it for every round)")
 
     def validate(self) -> None:
         if isinstance(self.target_modules, str):
@@ -340,6 +343,55 @@ class ExportConfig:
     device: str = device_option("cpu")
 
 
+SELECTIONS = ("shortest", "diverse")
+
+
+@dataclass
+class ImproveConfig:
+    """`codelora improve`: rounds of sample -> run in the sandbox -> keep the passing answers -> train
+    (rejection-sampling fine-tuning / expert iteration). Paths are relative to the current directory."""
+
+    out: str = option("runs/improve", "the improve directory (one folder per round, report.md, report.json)")
+    start: str | None = option(None, "a codelora run directory to start from: its adapter, and its model, lora, "
+                                     "train and data settings; omitted: `run_config`'s base model, fresh adapter")
+    run_config: str = option("configs/demo.yaml", "the run config used when `start` is omitted")
+    tasks: list[str] = option(help="training tasks (JSONL files of `codelora eval --tasks`; globs allowed)",
+                              factory=lambda: ["configs/tasks/train_*.jsonl"])
+    heldout: list[str] = option(help="held-out suites evaluated (greedy pass@1) after every round: tasks files, "
+                                     "'humaneval' or 'humaneval:N' (its first N problems)",
+                                factory=lambda: ["configs/tasks/python_basics.jsonl", "humaneval:40"])
+    rounds: int = option(2, "rounds of sample -> execute -> select -> train", bounds=Bounds(1, 100))
+    samples: int = option(4, "answers sampled per training task per round (k of pass@k)", bounds=Bounds(1, 100))
+    temperature: float = option(0.8, "sampling temperature of the training answers", bounds=POSITIVE)
+    top_p: float = option(0.95, "nucleus sampling of the training answers", bounds=Bounds(0, 1, low_open=True))
+    keep_per_task: int = option(2, "passing answers kept per task (after removing duplicates)", bounds=AT_LEAST_1)
+    select: str = option("shortest", "which passing answers are kept first: shortest, or diverse (each next one "
+                                     "the least similar to those kept)", choices=SELECTIONS)
+    original_share: float = option(0.5, "share of each round's training rows drawn from the original data's train "
+                                         "split (keeps the answer style; 0: passing answers only)",
+                                   bounds=Bounds(0, 1, high_open=True))
+    set: dict[str, Any] = option(help="dotted run-config overrides for every round's training, e.g. "
+                                      "{train.epochs: 2, train.lr: 1e-4}",
+                                 factory=lambda: {"train.epochs": 2, "train.lr": 1e-4, "train.eval_every": 0,
+                                                  "train.save_every": 10})
+    batch_size: int = option(16, "prompts generated together", bounds=AT_LEAST_1)
+    max_new_tokens: int = option(256, "generation budget per answer, in tokens", bounds=AT_LEAST_1)
+    sample_precision: str = precision_option("auto", "compute precision of sampling the training answers")
+    eval_precision: str = precision_option("fp32", "compute precision of the held-out evaluation (fp32: "
+                                                   "comparable with codelora eval)")
+    timeout: float = option(10.0, "seconds an answer may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
+    measure_final: bool = option(True, "sample the last round's model on the training tasks too (its pass@k)")
+    device: str = device_option("auto")
+    seed: int = option(0, "seeds sampling, the mix of original rows and training")
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks is empty: name at least one training tasks file")
+        for spec in self.heldout:
+            if spec.startswith("humaneval") and not re.fullmatch(r"humaneval(:[1-9][0-9]*)?", spec):
+                raise ConfigError(f"heldout: {spec!r} must be 'humaneval' or 'humaneval:N' with N >= 1")
+
+
 @dataclass
 class RunConfig:
     out: str = option("runs/latest", "the run directory to write")
@@ -495,6 +547,11 @@ def _renamed(data: dict[str, Any]) -> dict[str, Any]:
             target.setdefault(new_name, value)
             data[new_section] = target
     return data
+
+
+def parse_improve_config(data: dict[str, Any]) -> ImproveConfig:
+    """A validated ImproveConfig from a mapping (an improve YAML file); errors name `improve.FIELD`."""
+    return validated(_from_dict(ImproveConfig, data or {}, "improve."), "improve")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 FAULT=loss:N:SIG      send SIG (KILL, TERM, INT) to this process at the N-th training micro-batch
 FAULT=fsync:N:KILL    die at the N-th fsync of a checkpoint write (a checkpoint cut off mid-write)
 FAULT=fill:N:PATH     just before the N-th checkpoint is written, fill the disk holding PATH (real ENOSPC)
+FAULT=improve-sample:N:KILL   (codelora improve) die at the N-th chunk of sampling
+FAULT=improve-exec:N:KILL     (codelora improve) die at the N-th chunk of sandbox execution
 
 The signals are real signals to a real process; nothing in codelora is replaced, only wrapped.
 """
@@ -11,6 +13,7 @@ import os
 import signal
 import sys
 
+import codelora.experiments.improve as improve
 import codelora.training.checkpoint as checkpoint
 import codelora.training.loop as loop
 import codelora.training.step as step
@@ -49,6 +52,9 @@ if spec:
         step.supervised_loss_sum = after_calls(step.supervised_loss_sum, int(n), lambda: os.kill(os.getpid(), sig))
     elif where == "fsync":
         checkpoint._fsync = after_calls(checkpoint._fsync, int(n), lambda: os.kill(os.getpid(), signal.SIGKILL))
+    elif where in ("improve-sample", "improve-exec"):
+        name = "generate_answers" if where == "improve-sample" else "execute"
+        setattr(improve, name, after_calls(getattr(improve, name), int(n), lambda: os.kill(os.getpid(), signal.SIGKILL)))
     elif where == "fill":
         original, count = loop.save_checkpoint, 0
 

@@ -79,9 +79,9 @@ def _with_adapters(base, adapters: list[str], adapter_names: list[str] | None):
 
 def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[str], out: Path, ec: EvalConfig,
                     gen: GenerateConfig, device: str, seed: int = 0, adapter_names: list[str] | None = None,
-                    ggufs: list[str] = ()) -> dict:
-    """pass@k of the base model, each adapter and each GGUF file (in llama.cpp) on `tasks`; writes
-    the reports into `out`."""
+                    ggufs: list[str] = (), include_base: bool = True) -> dict:
+    """pass@k of the base model (unless not `include_base`), each adapter and each GGUF file (in
+    llama.cpp) on `tasks`; writes the reports into `out`."""
     from codelora.models.precision import precision_for
     from codelora.models.sources import load_base, pick_device
 
@@ -94,7 +94,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
     entries, all_results, answers = {}, {}, {}
     t0 = time.perf_counter()
     files = _gguf_models(ggufs, fmt, tasks, gen, ["base", *names])
-    for name in ["base", *names, *files]:
+    for name in ["base"] * (include_base or not names) + [*names, *files]:
         ctx = model.disable_adapter() if name == "base" and names else contextlib.nullcontext()
         if name in names:
             model.set_adapter(name)

@@ -12,7 +12,7 @@ from codelora.console import say
 from codelora.data.dataset import PreparedData, load_task_data, prepare_data, task_format
 from codelora.data.labels import label_names
 from codelora.data.prompts import PromptFormat
-from codelora.models.lora import apply_lora, count_parameters
+from codelora.models.lora import apply_lora, count_parameters, load_adapter
 from codelora.models.methods import set_trainable
 from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
 from codelora.models.sources import ModelSource, load_base, pick_device
@@ -103,6 +103,8 @@ def say_data(source: str, data: PreparedData) -> None:
 def apply_method(model, cfg: RunConfig, base_model: str):
     """LoRA adapters on the model (a new peft model), or mark which of its own weights train."""
     if cfg.train.method == "lora":
+        if cfg.lora.init_from:  # continue training an adapter (its own settings apply)
+            return load_adapter(model, cfg.lora.init_from, trainable=True)
         return apply_lora(model, cfg.lora, base_model=base_model, task=cfg.model.task)
     set_trainable(model, cfg.train.method, cfg.model.task)
     return model
@@ -117,6 +119,8 @@ def describe_method(cfg: RunConfig) -> str:
     if kind == "none":
         return "method none: no training (baseline)"
     lo = cfg.lora
+    if lo.init_from:
+        return f"LoRA from {lo.init_from} (its r, alpha and targets)"
     extras = [name for name, on in (("rsLoRA", lo.use_rslora), ("DoRA", lo.use_dora)) if on]
     if lo.layers_to_transform is not None:
         extras.append(f"blocks {lo.layers_to_transform}")
