@@ -140,3 +140,29 @@ def test_bad_improve_inputs_are_one_line_errors(setting, tmp_path):
         r = call_cli("improve", config, "--allow-code-execution", "--set", assignment)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (assignment, r.stderr)
         assert not (tmp_path / "out").exists(), assignment
+
+
+@pytest.mark.slow
+def test_improve_on_the_embedded_model(embedded_adapter, tmp_path):
+    """The real SmolLM2 with a real adapter: one round on three easy tasks; its passing answers train it."""
+    easy = [{"task_id": "e/add", "instruction": "Write a Python function add(a, b) that returns the sum of a and b.",
+             "entry_point": "add", "test": "def check(c):\n    assert c(2, 3) == 5\n    assert c(-1, 1) == 0\n"},
+            {"task_id": "e/square", "instruction": "Write a Python function square(x) that returns x squared.",
+             "entry_point": "square", "test": "def check(c):\n    assert c(3) == 9\n    assert c(-2) == 4\n"},
+            {"task_id": "e/is_even", "instruction": "Write a Python function is_even(n) that returns True if the "
+             "integer n is even and False otherwise.", "entry_point": "is_even",
+             "test": "def check(c):\n    assert c(4) is True\n    assert c(7) is False\n"}]
+    write_jsonl(tmp_path / "tasks.jsonl", easy)
+    write_jsonl(tmp_path / "heldout.jsonl", [_task("add", 5, "h")])
+    config = tmp_path / "improve.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "out"), "start": str(embedded_adapter), "tasks": [str(tmp_path / "tasks.jsonl")],
+        "heldout": [str(tmp_path / "heldout.jsonl")], "rounds": 1, "samples": 2, "max_new_tokens": 96,
+        "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0}}))
+    r = call_cli("--quiet", "improve", config, "--allow-code-execution")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [row["model"] for row in report["rows"]] == ["base", "start", "round-1"]
+    assert report["rows"][1]["train_tasks_sampled"]["answers_passed"] > 0
+    assert report["rows"][2]["pairs"] > 0 and report["rows"][2]["train_steps"] == 2
+    assert "heldout" in report["rows"][2]["heldout"]
