@@ -4,11 +4,12 @@ import pytest
 
 import dataclasses
 
-from codelora.config import (SCHEDULERS, GenerateConfig, MergeConfig, RunConfig, ServeConfig, load_config_file,
+from codelora.config import (SCHEDULERS, GenerateConfig, ImproveConfig, MergeConfig, RunConfig, ServeConfig, load_config_file,
                              parse_assignment, parse_config, set_dotted)
 from codelora.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name != "improve.yaml")
+IMPROVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "improve.yaml"
 
 
 def test_defaults_are_the_documented_ones():
@@ -101,11 +102,19 @@ def test_every_shipped_config_parses(path):
     assert f"codelora run configs/{path.name}" in header, "the header must give the exact run command"
 
 
+def test_the_shipped_improve_config_parses_and_names_its_command():
+    from codelora.config import parse_improve_config
+
+    cfg = parse_improve_config(load_config_file(IMPROVE_CONFIG))
+    assert isinstance(cfg, ImproveConfig) and cfg.start == "runs/demo"
+    assert "codelora improve configs/improve.yaml --allow-code-execution" in IMPROVE_CONFIG.read_text()[:600]
+
+
 def test_shipped_configs_exist():
     assert any(p.name == "demo.yaml" for p in CONFIGS)
 
 
-@pytest.mark.parametrize("cls", [RunConfig, ServeConfig, MergeConfig])
+@pytest.mark.parametrize("cls", [RunConfig, ServeConfig, MergeConfig, ImproveConfig])
 def test_every_field_carries_its_help(cls):
     import typing
 
