@@ -29,8 +29,8 @@ def test_enough_tasks_of_several_kinds_in_the_eval_tasks_format(records):
     assert len(FILES) >= 1
     tasks = [t for f in FILES for t in load_tasks_file(f)]  # what `codelora eval --tasks` / improve read
     assert len(tasks) == len(records) >= 150
-    ids = [r["task_id"] for r in records]
-    assert len(set(ids)) == len(ids)
+    ids, names = [r["task_id"] for r in records], [r["entry_point"] for r in records]
+    assert len(set(ids)) == len(ids) and len(set(names)) == len(names)  # no task twice, even reworded
     kinds = {r["kind"] for r in records}
     assert {"strings", "lists", "dicts", "math", "parsing", "recursion", "classes", "algorithms"} <= kinds
     for r in records:
