@@ -1,5 +1,6 @@
 import contextlib
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def call_cli(*args) -> subprocess.CompletedProcess:
 
     out, err = io.StringIO(), io.StringIO()
     sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    environ = dict(os.environ)  # --quiet sets CODELORA_QUIET for child processes: keep it out of later tests
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([str(a) for a in args])
@@ -25,4 +27,6 @@ def call_cli(*args) -> subprocess.CompletedProcess:
             code = e.code
         finally:
             signal.signal(signal.SIGTERM, sigterm)
+            os.environ.clear()
+            os.environ.update(environ)
     return subprocess.CompletedProcess(["codelora", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -30,7 +30,7 @@ def setting(tiny_model_dir, tmp_path_factory):
     """A tiny model fully fine-tuned on the format (the base of improve), tasks, held-out tasks, a config."""
     d = tmp_path_factory.mktemp("improve")
     rows = write_jsonl(d / "rows.jsonl", make_rows(60))
-    r = call_cli("--quiet", "train", "--model", tiny_model_dir, "--data", rows, "--out", d / "base", "--epochs", "100", "--set", "train.eval_every=0",
+    r = call_cli("train", "--model", tiny_model_dir, "--data", rows, "--out", d / "base", "--epochs", "100", "--set", "train.eval_every=0",
                  "--lr", "3e-3", "--method", "full", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
     write_jsonl(d / "tasks.jsonl", [_task(n, k, "t") for n in ("add", "sub", "mul") for k in (2, 3, 4)])
@@ -159,7 +159,7 @@ def test_improve_on_the_embedded_model(embedded_adapter, tmp_path):
         "out": str(tmp_path / "out"), "start": str(embedded_adapter), "tasks": [str(tmp_path / "tasks.jsonl")],
         "heldout": [str(tmp_path / "heldout.jsonl")], "rounds": 1, "samples": 2, "max_new_tokens": 96,
         "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0}}))
-    r = call_cli("--quiet", "improve", config, "--allow-code-execution")
+    r = call_cli("improve", config, "--allow-code-execution")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [row["model"] for row in report["rows"]] == ["base", "start", "round-1"]
