@@ -100,6 +100,9 @@ def test_kill_9_in_sampling_execution_and_training_then_rerun_equals_an_uninterr
         r = _improve(config, fault)
         assert r.returncode == -9, (fault, r.stderr[-3000:])
     assert (out / "round-1" / "adapter.partial" / "checkpoints").is_dir()  # killed inside round 1's training
+    # the chunks finished before each kill count toward the stage's seconds
+    assert json.loads((out / "round-1" / "samples" / "seconds.json").read_text())["sampling"] > 0
+    assert json.loads((out / "round-1" / "exec" / "seconds.json").read_text())["execution"] > 0
     r = _improve(config)
     assert r.returncode == 0, r.stderr[-3000:]
     for rel in ("round-1/samples/samples.json", "round-1/exec/passed.json", "round-2/samples/samples.json"):

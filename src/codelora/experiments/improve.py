@@ -178,14 +178,14 @@ def sample(plan: Plan, r: int | str, adapter: str | None) -> dict[str, list[str]
     todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
     if todo:
         model, fmt, device = _load(plan, adapter, cfg.sample_precision)
-        t0 = time.perf_counter()
         for n, i in enumerate(todo, 1):
+            t0 = time.perf_counter()
             questions = [t.instruction for t in plan.chunks[i] for _ in range(k)]
             answers = generate_answers(model, fmt, questions, gen, cfg.batch_size, device, seed=_seed(plan, r, i),
                                        progress_desc=f"{_name(r)}: sampling chunk {n}/{len(todo)}")
             write_json_atomic(d / f"chunk-{i:04d}.json",
                               {t.task_id: answers[j * k:(j + 1) * k] for j, t in enumerate(plan.chunks[i])})
-        _add_seconds(d, "sampling", time.perf_counter() - t0)
+            _add_seconds(d, "sampling", time.perf_counter() - t0)  # per chunk: a killed attempt's chunks count
         del model
     out = {}
     for i in range(len(plan.chunks)):
@@ -204,7 +204,7 @@ def _name(r: int | str) -> str:
 
 
 def _add_seconds(d: Path, what: str, seconds: float) -> None:
-    """Time spent in a stage, summed over interrupted attempts."""
+    """Time spent in a stage, summed chunk by chunk over interrupted attempts (model loading not counted)."""
     path = d / "seconds.json"
     times = json.loads(path.read_text()) if path.is_file() else {}
     times[what] = round(times.get(what, 0.0) + seconds, 1)
@@ -220,12 +220,11 @@ def run_answers(plan: Plan, r: int | str, answers: dict[str, list[str]]) -> dict
     d.mkdir(parents=True, exist_ok=True)
     limits = Limits(timeout_s=plan.cfg.timeout)
     todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
-    t0 = time.perf_counter()
     for n, i in enumerate(todo, 1):
+        t0 = time.perf_counter()
         results = execute(plan.chunks[i], answers, limits, from_chat=True,
                           desc=f"{_name(r)}: running chunk {n}/{len(todo)}")
         write_json_atomic(d / f"chunk-{i:04d}.json", {res.task_id: [o.status for o in res.outcomes] for res in results})
-    if todo:
         _add_seconds(d, "execution", time.perf_counter() - t0)
     statuses = {}
     for i in range(len(plan.chunks)):
