@@ -4,13 +4,15 @@ untouched, and the whole corpus finishes in bounded time."""
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
-from codelora.evaluation.sandbox import Limits, isolation, run_program
+from codelora.evaluation.sandbox import UID_BASE, UIDS, Limits, isolation, run_program
 
 LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512, processes=32, file_mb=8)
+SPARE = UIDS - 1  # a slot no concurrent sample takes (they start from slot 0): its uid's processes are ours
 
 
 def _uid_processes(uid):
@@ -48,7 +50,7 @@ def test_adversarial_corpus(tmp_path):
         "100 MB of stdout": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\nassert False",
     }
     t0 = time.perf_counter()
-    outcomes = {name: run_program(code, limits=LIMITS) for name, code in corpus.items()}
+    outcomes = {name: run_program(code, limits=LIMITS, slot=SPARE) for name, code in corpus.items()}
     elapsed = time.perf_counter() - t0
     server.settimeout(0.2)
     try:
@@ -66,11 +68,32 @@ def test_adversarial_corpus(tmp_path):
     assert len(outcomes["100 MB of stdout"].stdout) < 10_000
     assert elapsed < 9 * (LIMITS.timeout_s + 6)
     if os.geteuid() == 0:
-        assert _uid_processes(61000) == []  # no forked child outlives its sample
+        assert _uid_processes(UID_BASE + SPARE) == []  # no forked child outlives its sample
     assert not connected  # a private network namespace: the host's loopback is unreachable
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-uid process caps need root to switch uids")
 def test_no_sample_process_survives():
-    run_program("import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(30)\n", limits=LIMITS)
-    assert _uid_processes(61000) == []
+    run_program("import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(30)\n", limits=LIMITS,
+                slot=SPARE)
+    assert _uid_processes(UID_BASE + SPARE) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="samples get uids of their own only as root")
+def test_a_uid_another_process_is_using_is_not_shared():
+    """Two codelora processes at once (two evals, or eval beside improve) never run samples under one
+    uid: one's timeout kills every process of its uid, and RLIMIT_NPROC counts per uid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom codelora.evaluation.sandbox import _claimed_uid\n"
+         f"with _claimed_uid({SPARE - 1}) as uid:\n    print(uid, flush=True)\n    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())  # that slot's uid, or the next free one
+        outcome = run_program("import os, sys\nprint('uid', os.getuid(), file=sys.stderr)", limits=LIMITS,
+                              slot=held - UID_BASE)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert outcome.passed, outcome.stderr
+    uid = int(outcome.stderr.split("uid ")[1].split()[0])
+    assert uid != held and UID_BASE <= uid < UID_BASE + UIDS

@@ -2,14 +2,14 @@
 
 Each sample gets a fresh temporary directory and its own process group, and runs as:
 
-    setpriv (root only: drop to a per-slot unprivileged uid)
+    setpriv (root only: drop to an unprivileged uid no other sample uses now)
       -> prlimit (address space, processes, file size, CPU seconds, no core dumps)
         -> bwrap (read-only /usr, private /tmp, /proc, /dev; no network, PID, IPC, user namespaces
                   of its own; only the sample's directory is writable, the harness is read-only)
           -> /usr/bin/python3 -I -B harness  (trusted: the tests, the token)
                -> /usr/bin/python3 -I -B child  (the sample's code; answers the harness's calls)
 
-A wall-clock timeout kills the whole group (and, as root, every process of the slot's uid).
+A wall-clock timeout kills the whole group (and, as root, every process of the sample's uid).
 Output goes to files capped by RLIMIT_FSIZE, so 100 MB of output ends the sample.
 
 The pass signal cannot be forged from inside the sample: the tests run in the harness process,
@@ -24,6 +24,8 @@ only by file permissions and the network is not blocked.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -40,6 +42,8 @@ from codelora.config import EvalConfig
 
 PYTHON = "/usr/bin/python3"  # readable by an unprivileged uid (venvs under /root are not)
 UID_BASE = 61000  # slot k runs as uid UID_BASE + k: RLIMIT_NPROC counts per uid
+UIDS = 256  # uids UID_BASE .. UID_BASE + 255, shared by every codelora process on the machine
+LOCK_DIR = Path("/run/codelora-sandbox")  # one lock per uid (root only: /run is root's)
 RUNTIME = Path(__file__).with_name("sandbox_runtime.py")  # harness + child, standard library only
 
 
@@ -155,6 +159,28 @@ def _kill_uid(uid: int, wait_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def _claimed_uid(slot: int):
+    """A sandbox uid that no other sample uses now, held until the block ends: the slot's own if
+    free, else the next free one. Two samples sharing a uid (two `codelora eval`s at once) would
+    share RLIMIT_NPROC and kill each other's processes on a timeout (`_kill_uid`)."""
+    LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    order = [(slot + i) % UIDS for i in range(UIDS)]
+    for attempt, k in enumerate(order + [slot]):
+        fd = os.open(LOCK_DIR / f"{UID_BASE + k}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            # flock is per open file: it excludes other threads of this process as well
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if attempt == UIDS else fcntl.LOCK_NB))  # all busy: wait
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield UID_BASE + k
+        finally:
+            os.close(fd)
+        return
+
+
 def _read_capped(path: Path, limit: int) -> str:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
@@ -167,9 +193,14 @@ def run_program(code: str, test: str = "", entry_point: str = "", helpers: str =
     """Run the sample `code` in the sandbox, then, when `entry_point` is given, the tests' `check(entry
     point)` in the harness (`helpers`: trusted code the tests may use, such as HumanEval's prompt).
     It passes only if the sample's code ran to its end and `check` returned."""
+    if os.geteuid() != 0:  # not root: no uid to drop to, the sample runs as ours
+        return _run_as(None, code, test, entry_point, helpers, limits)
+    with _claimed_uid(slot) as uid:
+        return _run_as(uid, code, test, entry_point, helpers, limits)
+
+
+def _run_as(uid: int | None, code: str, test: str, entry_point: str, helpers: str, limits: Limits) -> Outcome:
     token = secrets.token_hex(16)
-    root = os.geteuid() == 0
-    uid = UID_BASE + slot if root else None
     _become_subreaper()
     host = Path(tempfile.mkdtemp(prefix="codelora-sandbox-"))
     try:
