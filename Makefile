@@ -36,12 +36,15 @@ $(BIN)/codelora: pyproject.toml
 # builds it (~4.5 min on 2 cores the first time; pip caches the wheel, later installs take seconds).
 # Portable CPU flags: the default -march=native build crashed on quantized files on an AMX machine.
 # llama.cpp's converter scripts are only in the source distribution: extracted into the venv.
+# A stamp file marks the step done: the extracted files keep the tarball's old mtimes, so make cannot
+# judge them; the stamp is newer than the venv's, and `make test` / `make bench` skip the step.
 LLAMA_CPP_VERSION := 0.3.36
 GGUF_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 CONVERTERS := $(VENV)/share/codelora/llama.cpp
 SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
+GGUF_STAMP := $(VENV)/.installed-gguf-$(LLAMA_CPP_VERSION)
 
-$(CONVERTERS)/convert_hf_to_gguf.py: $(BIN)/codelora
+$(GGUF_STAMP): $(BIN)/codelora
 	CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e ".[gguf]"
 	$(BIN)/python -m pip download -q --no-deps --no-binary :all: \
 		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(VENV)/sdist
@@ -50,8 +53,10 @@ $(CONVERTERS)/convert_hf_to_gguf.py: $(BIN)/codelora
 		'$(SDIST)/vendor/llama.cpp/convert_*_to_gguf.py' '$(SDIST)/vendor/llama.cpp/conversion/*' \
 		'$(SDIST)/vendor/llama.cpp/gguf-py/*'
 	rm -rf $(VENV)/sdist
+	test -f $(CONVERTERS)/convert_hf_to_gguf.py
+	touch $@
 
-install-gguf: $(CONVERTERS)/convert_hf_to_gguf.py
+install-gguf: $(GGUF_STAMP)
 
 install: $(BIN)/codelora install-gguf
 
@@ -69,8 +74,13 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 # training throughput: codelora vs TRL's SFTTrainer and the seed recipe (~15 min on 2 cores; docs/performance.md)
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(BIN)/codelora
 	$(BIN)/python -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
 # serving latency: base vs merged vs unmerged adapter, adapter switching (~6 min; docs/performance.md)
