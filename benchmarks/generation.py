@@ -1,5 +1,5 @@
 """Benchmark: greedy generation one prompt at a time, in static batches (transformers'
-`generate`) and through codelora's continuous batcher (`models/batcher.py`, what evaluation,
+`generate`) and through codelora's continuous batcher (`decoding/batcher.py`, what evaluation,
 `ask` and the server use), the embedded model on the CPU.
 
     python benchmarks/generation.py [--prompts 16] [--batch-size 16] [--max-new-tokens 64] [--repeats 3]
@@ -20,7 +20,7 @@ import torch
 
 from codelora.config import GenerateConfig, ModelConfig
 from codelora.data.prompts import PromptFormat
-from codelora.models.batcher import left_pad
+from codelora.decoding.batcher import left_pad
 from codelora.models.sources import load_base
 
 QUESTIONS = [
@@ -46,7 +46,7 @@ def tokens_per_s(model, fmt, questions, batch_size, max_new_tokens) -> tuple[flo
 
 @torch.inference_mode()
 def batcher_tokens_per_s(model, fmt, questions, batch_size, max_new_tokens) -> tuple[float, int]:
-    from codelora.models.batcher import Batcher, Sequence
+    from codelora.decoding.batcher import Batcher, Sequence
 
     gen = GenerateConfig(max_new_tokens=max_new_tokens)
     seqs = [Sequence(fmt.prompt_ids(q), gen, min_new_tokens=max_new_tokens) for q in questions]

@@ -59,7 +59,7 @@ def export(adapter: Path, out: Path, quant: str) -> float:
 
 def llama_cpp_answer(model, fmt, question: str, n: int) -> tuple[int, float]:
     from codelora.config import GenerateConfig
-    from codelora.models.batcher import Sequence
+    from codelora.decoding.batcher import Sequence
 
     seq = Sequence(fmt.prompt_ids(question), GenerateConfig(max_new_tokens=n, temperature=0.0), min_new_tokens=n)
     t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def llama_cpp_answer(model, fmt, question: str, n: int) -> tuple[int, float]:
 def main() -> int:
     args = parse_args()
     from codelora.data.prompts import PromptFormat
-    from codelora.models.gguf_model import GgufModel, context_for, gguf_tokenizer
+    from codelora.decoding.gguf_model import GgufModel, context_for, gguf_tokenizer
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch capability {cpu['capability']}, flags {cpu['flags']}",

@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     args = p.parse_args()
 
-    from codelora.models.merge import merge
+    from codelora.export.merge import merge
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     reg = tmp / "adapters"

@@ -1,6 +1,6 @@
 """The layering of pyproject.toml's import-linter contracts holds, and the checker really checks.
 
-    cli > experiments > serving | evaluation > training > models > data > io | config | hub > errors | console
+    cli > experiments > serving | evaluation | export | training > decoding > models > data | tracking > io | config | hub > errors | console
 """
 
 import shutil

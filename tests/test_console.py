@@ -109,8 +109,8 @@ GENERATE = """
     from conftest import build_tiny_model, build_tokenizer, make_rows
     from codelora.config import EvalConfig, GenerateConfig
     from codelora.data.prompts import PromptFormat
+    from codelora.decoding.generate import generate_answers
     from codelora.evaluation.compare import evaluate_model
-    from codelora.models.generate import generate_answers
 
     tok = build_tokenizer()
     model, fmt = build_tiny_model(tok), PromptFormat(tok)

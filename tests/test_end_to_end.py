@@ -66,8 +66,8 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     from codelora.data.dataset import prepare_data
     from codelora.data.prompts import PromptFormat
     from codelora.models.lora import load_adapter
+    from codelora.models.loss import validation_loss
     from codelora.models.sources import codelora_home, load_base
-    from codelora.training.loss import validation_loss
 
     run, _ = e2e_run
     cfg = parse_config(load_config_file(run / "config.yaml"))

@@ -5,7 +5,7 @@
     codelora data report|prepare --out DIR            EDA report / clean + split (data.prepare)
     codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.run_eval, evaluation.exec_eval)
     codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
-    codelora merge RUN_DIR --out DIR                  (models.merge)
+    codelora merge RUN_DIR --out DIR                  (export.merge)
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
     codelora serve [--adapters DIR]                   (serving.server)
     codelora sweep SWEEP.yaml                         (experiments.sweep)
@@ -355,7 +355,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from codelora.models.merge import merge
+    from codelora.export.merge import merge
 
     merge(args.run_dir, args.out, section(MergeConfig, given(args, MERGE_FLAGS)), overwrite=args.overwrite)
     return 0

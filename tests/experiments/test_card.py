@@ -134,7 +134,7 @@ def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(shared
 import json
 from codelora.config import load_config_file, parse_config
 from codelora.data.dataset import load_task_data, prepare_data, task_format
-from codelora.training.loss import validation_loss
+from codelora.models.loss import validation_loss
 
 cfg = parse_config(load_config_file("config.yaml"))
 cfg.data.source, cfg.data.fallback = {str(shared_head)!r}, None  # the rows the run read

@@ -39,7 +39,7 @@ def test_modelfile_template_matches_smollm2_prompt(exported):
     from test_modelfile import render_go
 
     from codelora.data.prompts import PromptFormat
-    from codelora.models.gguf_model import gguf_tokenizer
+    from codelora.decoding.gguf_model import gguf_tokenizer
 
     text = (exported / "Modelfile").read_text()
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]

@@ -46,7 +46,7 @@ def _one_line_error(r, *needles):
 def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
     from gguf import GGUFReader
 
-    from codelora.models.gguf_model import GgufModel
+    from codelora.decoding.gguf_model import GgufModel
 
     out = tmp_path / "gguf"
     drawn = run_cli_in_pty("export", adapter, "--out", out, "--quant", "f16,q8_0")  # on a terminal: a stage bar
@@ -68,7 +68,7 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from codelora.data.prompts import PromptFormat
-    from codelora.models.gguf_model import gguf_tokenizer
+    from codelora.decoding.gguf_model import gguf_tokenizer
 
     tok = gguf_tokenizer(out / "model-f16.gguf")
     ids = PromptFormat(tok).prompt_ids("Reverse a string in Python.")
@@ -85,7 +85,7 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
     assert (mine - tuned).abs().max() < 0.5 < (plain - tuned).abs().max()
 
     # a generation budget past the file's own context length is refused before llama.cpp reserves it
-    from codelora.models.gguf_model import trained_context
+    from codelora.decoding.gguf_model import trained_context
 
     limit = trained_context(out / "model-q8_0.gguf")
     with open(f"{base_dir}/config.json") as f:

@@ -20,12 +20,12 @@ import torch
 from codelora.config import EvalConfig, GenerateConfig, RunConfig
 from codelora.console import say
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
+from codelora.decoding.generate import generate_answers
+from codelora.decoding.gguf_model import GgufModel
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
-from codelora.models.generate import generate_answers
-from codelora.models.gguf_model import GgufModel
-from codelora.training.loss import validation_loss
+from codelora.models.loss import validation_loss
 
 METRICS = [  # key, label, higher is better
     ("eval_loss", "eval loss (answer tokens)", False),
@@ -47,7 +47,7 @@ METHOD_LABELS = {"lora": "adapter", "full": "full fine-tune", "none": "base"}
 
 @torch.no_grad()
 def predict_labels(model, examples, batch_size: int, pad_id: int, device: str) -> list[int]:
-    from codelora.training.loss import device_batches
+    from codelora.models.collate import device_batches
 
     model.eval()
     preds = []

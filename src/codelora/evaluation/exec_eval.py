@@ -14,12 +14,12 @@ import torch
 from codelora.config import EvalConfig, GenerateConfig, ModelConfig
 from codelora.console import say
 from codelora.data.prompts import PromptFormat
+from codelora.decoding.generate import generate_answers
 from codelora.errors import CodeloraError
 from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
 from codelora.evaluation.sandbox import Limits, isolation
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
-from codelora.models.generate import generate_answers
 
 EXECUTION_FLAG_MESSAGE = (
     "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "
@@ -116,7 +116,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
 
 def _gguf_models(paths: list[str], fmt, tasks: list[Task], gen: GenerateConfig, taken: list[str]) -> dict:
     """{name: GgufModel} for each file (named by its stem), with room for the longest prompt + answer."""
-    from codelora.models.gguf_model import GgufModel, context_for
+    from codelora.decoding.gguf_model import GgufModel, context_for
 
     longest = max((len(fmt.prompt_ids(t.instruction)) for t in tasks), default=0) + gen.max_new_tokens
     files: dict = {}

@@ -94,7 +94,7 @@ def gguf_candidates(paths: list[str], fmt, rows, examples, cfg: RunConfig, label
     if labels is not None or cfg.model.task != "causal-lm":
         raise CodeloraError(f"--gguf evaluates causal language models; this run has model.task={cfg.model.task}")
     from codelora.data.prompts import user_message
-    from codelora.models.gguf_model import GgufModel, context_for
+    from codelora.decoding.gguf_model import GgufModel, context_for
 
     longest = max([len(e.input_ids) for e in examples] +
                   [len(fmt.prompt_ids(user_message(r))) + cfg.generate.max_new_tokens for r in rows])

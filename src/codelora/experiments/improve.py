@@ -31,13 +31,13 @@ from pathlib import Path
 from codelora.config import EvalConfig, GenerateConfig, ImproveConfig, load_config_file, parse_config, set_dotted
 from codelora.console import say
 from codelora.data.clean import extract_code
+from codelora.decoding.generate import generate_answers
 from codelora.errors import CodeloraError, ConfigError
 from codelora.evaluation.exec_eval import evaluate_models, load_suite, require_execution_flag
 from codelora.evaluation.execution import Task, execute, load_tasks_file, pass_at_k
 from codelora.evaluation.sandbox import Limits
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import has_checkpoint, partial_dir
-from codelora.models.generate import generate_answers
 
 CONFIG_NAME = "improve.yaml"
 

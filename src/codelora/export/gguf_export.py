@@ -32,7 +32,7 @@ from codelora.io.rundir import staged_run_dir
 
 
 def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bool = False) -> dict:
-    from codelora.models.gguf_model import import_llama_cpp
+    from codelora.decoding.gguf_model import import_llama_cpp
     from codelora.models.sources import pick_device
 
     run_dir, out = Path(run_dir), Path(out)
@@ -74,7 +74,7 @@ def _quants(ec: ExportConfig) -> list[str]:
 def _stage_count(kind: str, ec: ExportConfig) -> int:
     """The stage() calls of an export (its bar's total): the architecture check, then those of
     _export_lora, or of _export_model: load (merge), save, convert, quantize and check each file."""
-    from codelora.models.merge import MERGE_STAGES
+    from codelora.export.merge import MERGE_STAGES
 
     if ec.format == "gguf-lora":
         return 1 + 6
@@ -125,7 +125,7 @@ def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
 
 
 def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
-    from codelora.models.merge import merged_model, save_model
+    from codelora.export.merge import merged_model, save_model
 
     quants = _quants(ec)
     if kind == "adapter":
@@ -173,9 +173,9 @@ def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev:
 
 def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
     from codelora.data.prompts import PromptFormat
+    from codelora.export.merge import save_model
     from codelora.models.adapters import base_model_of, check_finite, check_same_base, check_shapes
     from codelora.models.lora import load_adapter
-    from codelora.models.merge import save_model
     from codelora.models.sources import load_base
 
     adapter_config = _lora_config(run_dir)
@@ -238,7 +238,7 @@ def _threads(ec: ExportConfig) -> int:
 
 def _checked(path: Path, quant: str, ref: Reference, ec: ExportConfig, strict: bool, lora: Path | None = None) -> dict:
     """Load `path` (with `lora`) in llama.cpp, compare with the reference; refuse per parity.verdict."""
-    from codelora.models.gguf_model import GgufModel
+    from codelora.decoding.gguf_model import GgufModel
 
     say(f"checking {path.name}{' + ' + lora.name if lora else ''} in llama.cpp against PyTorch ...")
     t0 = time.perf_counter()

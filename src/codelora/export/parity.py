@@ -1,6 +1,9 @@
-"""Does the GGUF file in llama.cpp behave like the PyTorch model that was evaluated?
+"""Do two runtimes of one model agree? Fixed probes, their logits compared, one verdict.
 
-Two checks on the merge gate's fixed probes (models/merge.py):
+The merge gate (export/merge.py: adapter model vs merged model) and the export's file check
+(PyTorch vs llama.cpp) run the same probes through `compare_logits` and decide with
+`parity_verdict`. Does the GGUF file in llama.cpp behave like the PyTorch model that was
+evaluated? Two checks on the probes:
 - teacher-forced: the same token ids (codelora's tokenizer, not llama.cpp's) through both
   runtimes; max |logit difference|, per-position KL(PyTorch || llama.cpp) and how often the
   top-1 tokens agree;
@@ -14,8 +17,64 @@ from __future__ import annotations
 import torch
 
 from codelora.config import ExportConfig, GenerateConfig
-from codelora.models.batcher import Batcher, Sequence
-from codelora.models.merge import PROBES, compare_logits, probe_ids, probe_logits
+from codelora.decoding.batcher import Batcher, Sequence
+
+# Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
+# comparison covers prompt and answer positions alike.
+PROBES = [
+    ("Write a Python function that checks whether a number is prime.",
+     "```python\ndef is_prime(n):\n    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5) + 1))\n```"),
+    ("Reverse a string in Python.", "```python\ns = 'hello'\nprint(s[::-1])\n```"),
+    ("Read a CSV file with pandas and print the first rows.",
+     "```python\nimport pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.head())\n```"),
+    ("Explain what a list comprehension is.", "A list comprehension builds a list from an iterable: [x * x for x in range(5)]."),
+]
+
+
+def probe_ids(fmt) -> list[list[int]]:
+    return [fmt.encode({"instruction": q, "input": "", "output": a}).input_ids for q, a in PROBES]
+
+
+def probe_logits(model, batches: list[list[int]], device: str):
+    out = []
+    with torch.inference_mode():
+        for ids in batches:
+            out.append(model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu())
+    return out
+
+
+def compare_logits(reference, candidate) -> dict:
+    """max |a - b|, max and mean per-position KL(a || b), and whether all values are finite."""
+    finite = all(torch.isfinite(t).all().item() for t in [*reference, *candidate])
+    if not finite:
+        return {"finite": False, "max_abs_diff": float("nan"), "max_kl": float("nan"), "mean_kl": float("nan"),
+                "positions": sum(t.shape[0] for t in reference)}
+    diffs, kls = [], []
+    for a, b in zip(reference, candidate):
+        diffs.append((a - b).abs().max().item())
+        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+        kls.append((la.exp() * (la - lb)).sum(-1))
+    kl = torch.cat(kls)
+    return {"finite": True, "max_abs_diff": max(diffs), "max_kl": kl.max().item(), "mean_kl": kl.mean().item(),
+            "positions": int(kl.numel())}
+
+
+def parity_verdict(stats: dict, limits, non_finite: str, gated: bool = True) -> str | None:
+    """Why two runtimes' logits on the probes (`compare_logits`' stats) do not match, or None.
+
+    NaN / Inf always fail, reported as `non_finite`; `limits.max_abs_diff` and `limits.max_kl`
+    (MergeConfig's and ExportConfig's fields of the same flags) only when `gated`. The merge gate
+    and the export's file check both decide here, so their thresholds read the same.
+    """
+    if not stats["finite"]:
+        return non_finite
+    if not gated:
+        return None
+    if stats["max_abs_diff"] > limits.max_abs_diff:
+        return f"max |logit difference| {stats['max_abs_diff']:.3g} is above --max-abs-diff {limits.max_abs_diff:g}"
+    if stats["max_kl"] > limits.max_kl:
+        return f"max KL {stats['max_kl']:.3g} is above --max-kl {limits.max_kl:g}"
+    return None
 
 
 class Reference:
@@ -75,14 +134,9 @@ def check_file(ref: Reference, gguf) -> dict:
 def verdict(stats: dict, ec: ExportConfig, strict: bool) -> str | None:
     """Why the file must be refused, or None. `strict` (f16, LoRA on f16): the parity gates;
     quantized files are only refused for NaN / Inf (their figures are reported)."""
-    if not stats["finite"]:
-        return "llama.cpp or PyTorch produced NaN/Inf logits"
-    if not strict:
-        return None
-    if stats["max_abs_diff"] > ec.max_abs_diff:
-        return f"max |logit difference| {stats['max_abs_diff']:.3g} is above --max-abs-diff {ec.max_abs_diff:g}"
-    if stats["max_kl"] > ec.max_kl:
-        return f"max KL {stats['max_kl']:.3g} is above --max-kl {ec.max_kl:g}"
+    why = parity_verdict(stats, ec, "llama.cpp or PyTorch produced NaN/Inf logits", gated=strict)
+    if why or not strict:
+        return why
     for i, g in enumerate(stats["greedy"]):
         if not g["equal"] and g["pytorch_top2_margin"] >= ec.tie_margin:
             return (f"greedy answer {i + 1} parts from PyTorch's at token {g['first_divergence']} where PyTorch's "

@@ -1,1 +1,1 @@
-"""Model sources (embedded, local, Hub), LoRA and the other methods, adapter checks, generation, merging."""
+"""Loading models (embedded, local, Hub), LoRA and the other methods, adapter checks, precision, and the model's loss."""

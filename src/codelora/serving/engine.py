@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from codelora.config import GenerateConfig, ModelConfig, ServeConfig
 from codelora.data.prompts import PromptFormat
+from codelora.decoding.batcher import BASE, Batcher, Sequence
 from codelora.errors import CodeloraError
-from codelora.models.batcher import BASE, Batcher, Sequence
 from codelora.serving.adapters import AdapterSet
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 

@@ -15,7 +15,7 @@ from collections import deque
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from codelora.models.batcher import Sequence
+from codelora.decoding.batcher import Sequence
 from codelora.serving.engine import Engine, Request as EngineRequest
 from codelora.serving.errors import REQUEST_ERRORS, from_codelora
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 
 from codelora.data.prompts import Example
+from codelora.models.collate import device_batches
+from codelora.models.loss import supervised_loss_sum, validation_loss
 from codelora.training.batches import split_to_budget
 from codelora.training.distributed import Dist
-from codelora.training.loss import device_batches, supervised_loss_sum, validation_loss
 
 
 @dataclass(frozen=True)

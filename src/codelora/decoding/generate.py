@@ -1,10 +1,10 @@
 """Answers for many questions at once, stopping at the end-of-turn token: used by evaluation and
 `ask`, with the settings of `GenerateConfig`.
 
-Causal LMs go through the continuous batcher (`models/batcher.py`): prompts are fed shortest
+Causal LMs go through the continuous batcher (`decoding/batcher.py`): prompts are fed shortest
 first, at most `batch_size` run together, and a finished answer frees its slot at once.
 Encoder-decoder models use transformers' `generate` on static, length-sorted, left-padded batches.
-A GGUF file (`models/gguf_model.py`) answers in llama.cpp, one question after another.
+A GGUF file (`decoding/gguf_model.py`) answers in llama.cpp, one question after another.
 Answers come back in the order of the questions. Evaluation passes `progress_desc` for a bar
 with an ETA that moves as each answer is finished; `ask` and the server show none.
 """
@@ -15,8 +15,8 @@ import torch
 
 from codelora.config import GenerateConfig
 from codelora.console import progress
-from codelora.models.batcher import Batcher, Sequence, left_pad
-from codelora.models.gguf_model import GgufModel
+from codelora.decoding.batcher import Batcher, Sequence, left_pad
+from codelora.decoding.gguf_model import GgufModel
 
 
 def decoding_kwargs(fmt, gen: GenerateConfig) -> dict:

@@ -7,7 +7,7 @@ import torch
 
 from codelora.config import GenerateConfig
 from codelora.data.prompts import PromptFormat
-from codelora.models.batcher import BASE, Batcher, Sequence
+from codelora.decoding.batcher import BASE, Batcher, Sequence
 from conftest import build_tiny_model, build_tokenizer
 
 QUESTIONS = ["Write add2.", "Write a Python function mul3(x) that applies * 3 to x.", "q",

@@ -15,67 +15,13 @@ from pathlib import Path
 from codelora.config import MergeConfig, validated
 from codelora.console import Stages, no_stages
 from codelora.errors import CodeloraError, ModelError
-
-# Fixed probe prompts: questions and answers of the kind the adapters are trained on, so the
-# comparison covers prompt and answer positions alike.
-PROBES = [
-    ("Write a Python function that checks whether a number is prime.",
-     "```python\ndef is_prime(n):\n    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5) + 1))\n```"),
-    ("Reverse a string in Python.", "```python\ns = 'hello'\nprint(s[::-1])\n```"),
-    ("Read a CSV file with pandas and print the first rows.",
-     "```python\nimport pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.head())\n```"),
-    ("Explain what a list comprehension is.", "A list comprehension builds a list from an iterable: [x * x for x in range(5)]."),
-]
-
+from codelora.export.parity import compare_logits, parity_verdict, probe_ids, probe_logits
 
 MERGE_STAGES = 4  # the stage() calls of merged_model: base, adapter, merge, parity check
 
 
 class ParityError(CodeloraError):
     pass
-
-
-def probe_ids(fmt) -> list[list[int]]:
-    return [fmt.encode({"instruction": q, "input": "", "output": a}).input_ids for q, a in PROBES]
-
-
-def probe_logits(model, batches: list[list[int]], device: str):
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for ids in batches:
-            out.append(model(input_ids=torch.tensor([ids], device=device)).logits[0].float().cpu())
-    return out
-
-
-def compare_logits(reference, candidate) -> dict:
-    """max |a - b|, max and mean per-position KL(a || b), and whether all values are finite."""
-    import torch
-
-    finite = all(torch.isfinite(t).all().item() for t in [*reference, *candidate])
-    if not finite:
-        return {"finite": False, "max_abs_diff": float("nan"), "max_kl": float("nan"), "mean_kl": float("nan"),
-                "positions": sum(t.shape[0] for t in reference)}
-    diffs, kls = [], []
-    for a, b in zip(reference, candidate):
-        diffs.append((a - b).abs().max().item())
-        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
-        kls.append((la.exp() * (la - lb)).sum(-1))
-    kl = torch.cat(kls)
-    return {"finite": True, "max_abs_diff": max(diffs), "max_kl": kl.max().item(), "mean_kl": kl.mean().item(),
-            "positions": int(kl.numel())}
-
-
-def parity_verdict(stats: dict, t: MergeConfig) -> str | None:
-    """None when the merge is faithful, else why not."""
-    if not stats["finite"]:
-        return "the adapter or merged model produces NaN/Inf logits"
-    if stats["max_abs_diff"] > t.max_abs_diff:
-        return f"max |logit difference| {stats['max_abs_diff']:.3g} is above --max-abs-diff {t.max_abs_diff:g}"
-    if stats["max_kl"] > t.max_kl:
-        return f"max KL {stats['max_kl']:.3g} is above --max-kl {t.max_kl:g}"
-    return None
 
 
 @dataclass
@@ -125,7 +71,7 @@ def merged_model(run_dir: Path, mc: MergeConfig, dev: str, stage=no_stages) -> M
         "parity": stats, "adapter_vs_base": {"max_abs_diff": effect["max_abs_diff"], "mean_kl": effect["mean_kl"]},
         "parameters": {"base": base_params, "merged": merged_params},
     }
-    verdict = parity_verdict(stats, mc)
+    verdict = parity_verdict(stats, mc, "the adapter or merged model produces NaN/Inf logits")
     if verdict is None and merged_params != base_params:
         verdict = f"the merged model has {merged_params:,} parameters, the base {base_params:,}"
     if verdict:

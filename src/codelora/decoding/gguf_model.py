@@ -144,7 +144,7 @@ class GgufModel:
         return float(-logp.gather(1, target[keep].unsqueeze(1)).sum()), int(keep.sum())
 
     def validation_loss(self, examples) -> float:
-        """Token-weighted mean loss over the supervised tokens of `examples` (training/loss.py's, in llama.cpp)."""
+        """Token-weighted mean loss over the supervised tokens of `examples` (models/loss.py's, in llama.cpp)."""
         total, count = 0.0, 0
         for e in examples:
             s, n = self.loss_sum(e.input_ids, e.labels)
@@ -152,9 +152,9 @@ class GgufModel:
         return total / max(count, 1)
 
     def run(self, seqs: list, stop_ids: list[int]) -> list:
-        """Answer each Sequence (models.batcher) in turn; returns them, ended."""
-        from codelora.models.batcher import advance, end, start
-        from codelora.models.sampling import next_tokens
+        """Answer each Sequence (decoding.batcher) in turn; returns them, ended."""
+        from codelora.decoding.batcher import advance, end, start
+        from codelora.decoding.sampling import next_tokens
 
         for seq in seqs:
             start(seq, self.tokenizer, stop_ids)

@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 
 from codelora.config import GenerateConfig
-from codelora.models import kv_cache
-from codelora.models.sampling import next_tokens
-from codelora.models.text_stream import TextStream
+from codelora.decoding import kv_cache
+from codelora.decoding.sampling import next_tokens
+from codelora.decoding.text_stream import TextStream
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 

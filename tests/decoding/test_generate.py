@@ -1,6 +1,6 @@
 from codelora.config import GenerateConfig
 from codelora.data.prompts import PromptFormat
-from codelora.models.generate import generate_answers
+from codelora.decoding.generate import generate_answers
 from conftest import build_tiny_model, build_tokenizer
 
 

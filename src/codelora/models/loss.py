@@ -1,4 +1,8 @@
-"""The loss step: next-token cross-entropy over the supervised (answer) positions only.
+"""The model's loss: next-token cross-entropy over the supervised (answer) positions only.
+
+Training's step (`training/step.py`) and evaluation's validation loss use the same function, so
+an eval loss and a training loss are the same quantity; it lives in models so that evaluation
+never imports training.
 
 The vocabulary projection is the most expensive matmul of a small model (49k x 576 for
 SmolLM2), so it is applied only to the hidden states whose next token is supervised, never to
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from codelora.data.prompts import IGNORE_INDEX, Example
-from codelora.training.batches import collate
+from codelora.models.collate import device_batches
 
 
 def _unwrap(model):
@@ -89,11 +93,6 @@ def supervised_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     if _frozen_linear_head(head):
         return _FrozenHeadCrossEntropy.apply(hidden, head.weight, targets[keep]), n
     return F.cross_entropy(head(hidden).float(), targets[keep], reduction="sum"), n  # a trained head (full tuning)
-
-
-def device_batches(examples: list[Example], idx_batches: list[list[int]], pad_id: int, device: str):
-    for idxs in idx_batches:
-        yield {k: v.to(device) for k, v in collate([examples[i] for i in idxs], pad_id).items()}
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Pieces of text released while tokens arrive: their concatenation is the final answer, a stop
 string (even one split across tokens) is never released, and raw completions keep whitespace."""
 
-from codelora.models.text_stream import TextStream
+from codelora.decoding.text_stream import TextStream
 from conftest import build_tokenizer
 
 
