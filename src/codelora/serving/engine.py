@@ -71,6 +71,7 @@ class Engine:
         self._commands: list[tuple] = []
         self._wake = threading.Condition()
         self._closed = False
+        self._cancelling = False  # cancel_all was called: every row is cancelled after each step
         self._thread = threading.Thread(target=self._loop, name="codelora-engine", daemon=True)
         self._thread.start()
 
@@ -147,11 +148,17 @@ class Engine:
         return future.result()
 
     def cancel_all(self) -> None:
-        """Cancel every running and queued sequence (server shutdown); safe from any thread."""
+        """Cancel every running and queued sequence (server shutdown); safe from any thread. Rows
+        in the prefill of the step in progress are neither waiting nor running yet: the engine
+        thread cancels them once the step is over."""
         with self._wake:
-            for seq in self.batcher.running + list(self.batcher.waiting):
-                seq.cancel()
+            self._cancelling = True
+            self._cancel_rows()
             self._wake.notify()
+
+    def _cancel_rows(self) -> None:
+        for seq in self.batcher.running + list(self.batcher.waiting):
+            seq.cancel()
 
     def close(self) -> None:
         with self._wake:
@@ -174,6 +181,9 @@ class Engine:
                     future.set_exception(e)
             if self.batcher.busy:
                 self._step()
+                if self._cancelling:
+                    with self._wake:
+                        self._cancel_rows()
             self._delete_retired()
 
     @property
