@@ -239,8 +239,8 @@ def health(url: str) -> dict:
 
 def settle(url: str, seconds: float = 10) -> dict:
     """/health after a round: running, queued and admitted must drop to 0. The stream's end
-    (admission released in the generator's finally) may lag the client's [DONE] a little, so
-    poll for a few seconds; left_behind=True if it never drops."""
+    (its place given back when the event generator's `async with` ends) may lag the client's
+    [DONE] a little, so poll for a few seconds; left_behind=True if it never drops."""
     t0 = time.monotonic()
     while True:
         h = health(url)

@@ -130,14 +130,14 @@ def test_ask_and_the_engine_generate_in_the_precision_asked(tiny_model_dir, tmp_
     from adapters_helpers import save_plain_peft
     from cli_helpers import run_cli
     from codelora.config import GenerateConfig, ModelConfig
-    from codelora.serving.engine import Engine, Request
+    from codelora.serving.engine import Engine, GenerationJob
     from codelora.serving.registry import AdapterRegistry
 
     save_plain_peft(tiny_model_dir, tmp_path / "reg" / "a", seed=1)
     engine = Engine(ModelConfig(name=str(tiny_model_dir)), AdapterRegistry(tmp_path / "reg"), "cpu", precision="bf16")
     try:
         ids = engine.question_ids("Write add(a, b).")
-        got = engine.generate(Request(ids, "a", GenerateConfig(6)))
+        got = engine.generate(GenerationJob(ids, "a", GenerateConfig(6)))
         assert 0 < got.completion_tokens <= 6
         dtypes = {n: p.dtype for n, p in engine.model.named_parameters()}
         assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}

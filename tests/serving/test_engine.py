@@ -8,8 +8,8 @@ import torch
 
 from adapters_helpers import save_other_base_model, save_plain_peft
 from codelora.config import GenerateConfig, ModelConfig
-from codelora.serving.adapters import AdapterLoadError
-from codelora.serving.engine import ContextLengthError, Engine, Request
+from codelora.serving.adapter_set import AdapterLoadError
+from codelora.serving.engine import ContextLengthError, Engine, GenerationJob
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
 QUESTION = "Write a Python function add2(x) that applies + 2 to x."
@@ -61,11 +61,11 @@ def _reference(tiny_model_dir, adapter_dir, ids, n):
 
 def test_switching_adapters_gives_each_adapters_own_output(engine, registry, tiny_model_dir):
     ids = engine.question_ids(QUESTION)
-    base1 = engine.generate(Request(ids, None, GenerateConfig(12)))
-    a1 = engine.generate(Request(ids, "a", GenerateConfig(12)))
-    b1 = engine.generate(Request(ids, "b.v2", GenerateConfig(12)))
-    base2 = engine.generate(Request(ids, None, GenerateConfig(12)))
-    a2 = engine.generate(Request(ids, "a", GenerateConfig(12)))
+    base1 = engine.generate(GenerationJob(ids, None, GenerateConfig(12)))
+    a1 = engine.generate(GenerationJob(ids, "a", GenerateConfig(12)))
+    b1 = engine.generate(GenerationJob(ids, "b.v2", GenerateConfig(12)))
+    base2 = engine.generate(GenerationJob(ids, None, GenerateConfig(12)))
+    a2 = engine.generate(GenerationJob(ids, "a", GenerateConfig(12)))
     assert base1.token_ids == base2.token_ids == _reference(tiny_model_dir, None, ids, 12)
     assert a1.token_ids == a2.token_ids == _reference(tiny_model_dir, registry / "a", ids, 12)
     assert b1.token_ids == _reference(tiny_model_dir, registry / "b.v2", ids, 12)
@@ -91,7 +91,7 @@ def test_requests_on_different_adapters_share_one_batch(engine, registry, tiny_m
         if all(s.done for s in seqs) and len(seqs) == len(names):
             ends.set()
     with engine._wake:  # hold the engine thread back until all are queued
-        seqs += [engine.submit(Request(ids, n, GenerateConfig(12)), watch) for n in names]
+        seqs += [engine.submit(GenerationJob(ids, n, GenerateConfig(12)), watch) for n in names]
     ends.wait(60)
     refs = {n: _reference(tiny_model_dir, registry / n if n else None, ids, 12) for n in set(names)}
     assert [s.tokens for s in seqs] == [refs[n] for n in names]
@@ -112,22 +112,22 @@ def test_refused_adapters_leave_the_model_untouched(engine, name, message):
         engine.adapters.get(name)
     assert _lora_module_count(engine) == before
     assert name not in engine.adapters.loaded and message.split()[0] in engine.adapters.failed[name]
-    assert engine.generate(Request(engine.question_ids(QUESTION), "a", GenerateConfig(4))).completion_tokens >= 1
+    assert engine.generate(GenerationJob(engine.question_ids(QUESTION), "a", GenerateConfig(4))).completion_tokens >= 1
 
 
 def test_context_length_is_checked_before_generating(engine):
     ids = engine.question_ids(QUESTION)
     with pytest.raises(ContextLengthError, match=f"lower max_new_tokens to {512 - len(ids)}"):
-        engine.generate(Request(ids, None, GenerateConfig(512)))
+        engine.generate(GenerationJob(ids, None, GenerateConfig(512)))
     with pytest.raises(ContextLengthError, match="shorten the prompt"):
-        engine.generate(Request(list(range(5)) * 110, None, GenerateConfig(10)))
+        engine.generate(GenerationJob(list(range(5)) * 110, None, GenerateConfig(10)))
 
 
 def test_without_a_registry_adapters_are_unknown(tiny_model_dir):
     engine = Engine(ModelConfig(name=str(tiny_model_dir)), None, "cpu")
     with pytest.raises(UnknownAdapterError, match="without --adapters"):
-        engine.generate(Request(engine.question_ids(QUESTION), "a", GenerateConfig(4)))
-    assert engine.generate(Request(engine.question_ids(QUESTION), None, GenerateConfig(3))).completion_tokens <= 3
+        engine.generate(GenerationJob(engine.question_ids(QUESTION), "a", GenerateConfig(4)))
+    assert engine.generate(GenerationJob(engine.question_ids(QUESTION), None, GenerateConfig(3))).completion_tokens <= 3
 
 
 def test_ask_refuses_an_adapter_of_another_base(registry, tiny_model_dir):

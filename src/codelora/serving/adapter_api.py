@@ -15,17 +15,18 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from codelora.errors import CodeloraError
-from codelora.serving.errors import ApiError, from_codelora, read_body
+from codelora.serving.engine import Engine
+from codelora.serving.http_errors import ApiError, from_codelora, read_body
+from codelora.serving.lifecycle import engine_of
 from codelora.serving.schemas import LoadAdapterRequest, UnloadAdapterRequest
-from codelora.serving.state import ServerState, server_state
 
 router = APIRouter(tags=["adapters"])
 
 
 @router.post("/v1/load_lora_adapter")
-async def load_lora_adapter(request: Request, st: ServerState = Depends(server_state)):
+async def load_lora_adapter(request: Request, engine: Engine = Depends(engine_of)):
     body: LoadAdapterRequest = await read_body(request, LoadAdapterRequest)
-    adapters = st.engine.adapters
+    adapters = engine.adapters
     if adapters.registry is None:
         raise ApiError(400, "this server was started without --adapters DIR: there is no directory to load from",
                        "lora_path")
@@ -39,10 +40,10 @@ async def load_lora_adapter(request: Request, st: ServerState = Depends(server_s
 
 
 @router.post("/v1/unload_lora_adapter")
-async def unload_lora_adapter(request: Request, st: ServerState = Depends(server_state)):
+async def unload_lora_adapter(request: Request, engine: Engine = Depends(engine_of)):
     body: UnloadAdapterRequest = await read_body(request, UnloadAdapterRequest)
     try:
-        gone = await run_in_threadpool(st.engine.adapters.unload, body.lora_name)
+        gone = await run_in_threadpool(engine.adapters.unload, body.lora_name)
     except CodeloraError as e:
         raise _with_param(from_codelora(e), body) from None
     return {"status": "ok", "message": f"Success: LoRA adapter '{gone.name}' removed successfully.",

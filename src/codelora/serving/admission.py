@@ -3,7 +3,10 @@ for a slot in the batch); the next one gets 429 at once instead of piling up unb
 
 from __future__ import annotations
 
-from codelora.serving.errors import ApiError
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from codelora.serving.http_errors import ApiError
 
 
 class Admission:
@@ -12,15 +15,16 @@ class Admission:
         self.admitted = 0
         self.refused = 0
 
-    def enter(self) -> None:
-        """Take one place, or 429. The caller calls `leave()` when the request is over (for a
-        stream: after its last chunk), whatever happened."""
+    @contextmanager
+    def place(self) -> Iterator[None]:
+        """Hold one place for the `with` block, or 429 at once when all are taken. The place is
+        given back when the block ends, however it ends: this is the only place that does."""
         if self.admitted >= self.limit:
             self.refused += 1
             raise ApiError(429, f"server busy: {self.admitted} requests running or queued (limit {self.limit}); "
                                 f"retry later")
         self.admitted += 1
-
-    def leave(self) -> None:
-        self.admitted -= 1
-
+        try:
+            yield
+        finally:
+            self.admitted -= 1

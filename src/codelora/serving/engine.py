@@ -1,6 +1,6 @@
 """One base model in memory, its adapters, and the thread that runs the continuous batcher.
 
-Requests from any thread are turned into batcher Sequences (`submit`) and decoded together by
+Generation jobs from any thread are turned into batcher Sequences (`submit`) and decoded together by
 one engine thread, each row with its own adapter (or the base) in the same forward pass. The
 engine thread owns the model: everything that changes it (attaching or deleting an adapter)
 is queued to run there between two decode steps (`on_engine_thread`).
@@ -18,7 +18,7 @@ from codelora.config import GenerateConfig, ModelConfig, ServeConfig
 from codelora.data.prompts import PromptFormat
 from codelora.decoding.batcher import BASE, Batcher, Sequence
 from codelora.errors import CodeloraError
-from codelora.serving.adapters import AdapterSet
+from codelora.serving.adapter_set import AdapterSet
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
 log = logging.getLogger("codelora.serve")
@@ -29,8 +29,9 @@ class ContextLengthError(CodeloraError):
 
 
 @dataclass
-class Request:
-    """What a client asks for: prompt token ids, the adapter (None: the base) and decoding."""
+class GenerationJob:
+    """One answer to generate: prompt token ids, the adapter (None: the base) and decoding; the
+    engine turns it into a batcher Sequence and its outcome into a Generation."""
 
     ids: list[int]
     adapter: str | None = None
@@ -70,6 +71,7 @@ class Engine:
         self._commands: list[tuple] = []
         self._wake = threading.Condition()
         self._closed = False
+        self._cancelling = False  # cancel_all was called: every row is cancelled after each step
         self._thread = threading.Thread(target=self._loop, name="codelora-engine", daemon=True)
         self._thread.start()
 
@@ -99,29 +101,29 @@ class Engine:
                 f"prompt is {prompt_tokens} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
                 f"context of {self.context_length} tokens: {hint}")
 
-    def submit(self, req: Request, on_update=None) -> Sequence:
-        """Queue `req` for the batch; `on_update(seq, piece)` is called on the engine thread with each
+    def submit(self, job: GenerationJob, on_update=None) -> Sequence:
+        """Queue `job` for the batch; `on_update(seq, piece)` is called on the engine thread with each
         piece of text and once at the end. Loads the adapter first if needed (blocking: call from a
         worker thread). Raises the adapter and context errors before anything is queued."""
-        if not req.ids:
+        if not job.ids:
             raise ContextLengthError("the prompt is empty after tokenization")
-        self.check_fits(len(req.ids), req.gen.max_new_tokens)
-        loaded = self.adapters.get(req.adapter) if req.adapter is not None else None
-        seq = Sequence(req.ids, req.gen, adapter=None, seed=req.seed, min_new_tokens=req.min_new_tokens,
-                       stop=req.stop, strip=req.strip, exclusive=bool(loaded and loaded.exclusive), on_update=on_update,
-                       label=req.adapter or "base")
+        self.check_fits(len(job.ids), job.gen.max_new_tokens)
+        loaded = self.adapters.get(job.adapter) if job.adapter is not None else None
+        seq = Sequence(job.ids, job.gen, adapter=None, seed=job.seed, min_new_tokens=job.min_new_tokens,
+                       stop=job.stop, strip=job.strip, exclusive=bool(loaded and loaded.exclusive), on_update=on_update,
+                       label=job.adapter or "base")
         with self._wake:  # atomic with _delete_retired's in-use check: a queued adapter is never deleted
-            if loaded is not None and self.adapters.loaded.get(req.adapter) is not loaded:
-                raise UnknownAdapterError(f"adapter {req.adapter!r} was unloaded while this request was starting")
+            if loaded is not None and self.adapters.loaded.get(job.adapter) is not loaded:
+                raise UnknownAdapterError(f"adapter {job.adapter!r} was unloaded while this request was starting")
             seq.adapter = loaded.peft_name if loaded else (BASE if self.model is not self.base else None)
             self.batcher.add(seq)
             self._wake.notify()
         return seq
 
-    def generate(self, req: Request) -> Generation:
-        """Answer one request, blocking until it ends (tests, scripts)."""
+    def generate(self, job: GenerationJob) -> Generation:
+        """Answer one job, blocking until it ends (tests, scripts)."""
         done = threading.Event()
-        seq = self.submit(req, lambda s, piece: done.set() if s.done else None)
+        seq = self.submit(job, lambda s, piece: done.set() if s.done else None)
         done.wait()
         return self.result(seq)
 
@@ -146,11 +148,17 @@ class Engine:
         return future.result()
 
     def cancel_all(self) -> None:
-        """Cancel every running and queued sequence (server shutdown); safe from any thread."""
+        """Cancel every running and queued sequence (server shutdown); safe from any thread. Rows
+        in the prefill of the step in progress are neither waiting nor running yet: the engine
+        thread cancels them once the step is over."""
         with self._wake:
-            for seq in self.batcher.running + list(self.batcher.waiting):
-                seq.cancel()
+            self._cancelling = True
+            self._cancel_rows()
             self._wake.notify()
+
+    def _cancel_rows(self) -> None:
+        for seq in self.batcher.running + list(self.batcher.waiting):
+            seq.cancel()
 
     def close(self) -> None:
         with self._wake:
@@ -173,6 +181,9 @@ class Engine:
                     future.set_exception(e)
             if self.batcher.busy:
                 self._step()
+                if self._cancelling:
+                    with self._wake:
+                        self._cancel_rows()
             self._delete_retired()
 
     @property

@@ -18,38 +18,37 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from codelora.config import GenerateConfig
-from codelora.serving.engine import Generation, Request as EngineRequest
-from codelora.serving.errors import ApiError, error_body, read_body
+from codelora.serving.engine import Engine, Generation, GenerationJob
+from codelora.serving.http_errors import ApiError, error_body, read_body
+from codelora.serving.lifecycle import RequestLifecycle, engine_of, request_lifecycle, stop_strings
 from codelora.serving.schemas import (DEFAULTS, REFUSED_CHAT, REFUSED_COMPLETION, ChatRequest, CompletionRequest,
                                       Sampling)
-from codelora.serving.state import ServerState, server_state, stop_strings
-from codelora.serving.streams import Stream
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
 @router.get("/v1/models")
-async def models(st: ServerState = Depends(server_state)):
-    names = [st.engine.base_name, *st.engine.adapters.names()]
+async def models(engine: Engine = Depends(engine_of)):
+    names = [engine.base_name, *engine.adapters.names()]
     return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "codelora"}
                                        for n in names]}
 
 
 @router.post("/v1/chat/completions")
-async def chat(request: Request, st: ServerState = Depends(server_state)):
+async def chat(request: Request, lifecycle: RequestLifecycle = Depends(request_lifecycle)):
     body: ChatRequest = await read_body(request, ChatRequest, REFUSED_CHAT)
     if body.messages[-1].role != "user":
         raise ApiError(422, "messages: the last message must be the user's", "messages")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                 for m in body.messages]
-    ids = st.engine.chat_ids(messages)
-    reply = Reply("chat", body.model, st.engine.base_name)
-    return await answer(request, st, body, ids, body.max_completion_tokens or body.max_tokens, reply,
+    ids = lifecycle.engine.chat_ids(messages)
+    reply = Reply("chat", body.model, lifecycle.engine.base_name)
+    return await answer(request, lifecycle, body, ids, body.max_completion_tokens or body.max_tokens, reply,
                         messages[-1]["content"])
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, st: ServerState = Depends(server_state)):
+async def completions(request: Request, lifecycle: RequestLifecycle = Depends(request_lifecycle)):
     body: CompletionRequest = await read_body(request, CompletionRequest, REFUSED_COMPLETION)
     prompt = body.prompt
     if isinstance(prompt, list):
@@ -58,43 +57,51 @@ async def completions(request: Request, st: ServerState = Depends(server_state))
         prompt = prompt[0]
     if not prompt:
         raise ApiError(422, "prompt: must not be empty", "prompt")
-    reply = Reply("text", body.model, st.engine.base_name)
-    return await answer(request, st, body, st.engine.raw_ids(prompt), body.max_tokens, reply, prompt, strip=False)
+    engine = lifecycle.engine
+    reply = Reply("text", body.model, engine.base_name)
+    return await answer(request, lifecycle, body, engine.raw_ids(prompt), body.max_tokens, reply, prompt, strip=False)
 
 
 def _text(content) -> str:
     return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
-def engine_request(st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,
-                   strip: bool = True) -> EngineRequest:
+def generation_job(lifecycle: RequestLifecycle, body: Sampling, ids: list[int], max_tokens: int | None,
+                   strip: bool = True) -> GenerationJob:
     max_new = max_tokens or DEFAULTS.max_new_tokens
-    st.check_lengths(max_new, body.min_tokens, "max_tokens", "min_tokens")
-    adapter = None if body.model in (st.engine.base_name, "base") else body.model
-    return EngineRequest(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
+    lifecycle.check_lengths(max_new, body.min_tokens, "max_tokens", "min_tokens")
+    adapter = None if body.model in (lifecycle.engine.base_name, "base") else body.model
+    return GenerationJob(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
                          body.min_tokens, stop=stop_strings(body.stop), strip=strip)
 
 
-async def answer(request: Request, st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,
-                 reply: "Reply", logged_prompt: str, strip: bool = True):
+async def answer(request: Request, lifecycle: RequestLifecycle, body: Sampling, ids: list[int],
+                 max_tokens: int | None, reply: "Reply", logged_prompt: str, strip: bool = True):
     """Run the request and answer with one JSON body, or with an SSE stream."""
-    stream = await st.start(engine_request(st, body, ids, max_tokens, strip))
+    job = generation_job(lifecycle, body, ids, max_tokens, strip)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(request, st, stream, reply, usage, logged_prompt), media_type="text/event-stream",
+        events = _sse(request, lifecycle, job, reply, usage, logged_prompt)
+        await anext(events)  # admits and queues the job now: a refusal is this response's status, not an event
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    g = await st.finish(request, stream, reply.kind, logged_prompt, reply.id)
+    async with lifecycle.admit(job, reply.kind, logged_prompt, reply.id) as flight:
+        g = await flight.answer(request)
     return Response(status_code=204) if g is None else reply.full(g)  # None: the client is gone
 
 
-async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply", usage: bool, logged_prompt: str):
-    g = None
-    try:
+async def _sse(request: Request, lifecycle: RequestLifecycle, job: GenerationJob, reply: "Reply", usage: bool,
+               logged_prompt: str):
+    """The stream's events. Its first step only admits the job (yielding nothing to send), so that
+    `answer` runs it before the response starts; the `async with` then lasts until the stream
+    ends, also when the client goes away mid-stream (the task is cancelled, or the generator closed)."""
+    async with lifecycle.admit(job, reply.kind + "-stream", logged_prompt, reply.id) as flight:
+        yield ""  # admitted: `answer` consumed this
         if reply.kind == "chat":
             yield _event(reply.chunk(role=True, usage=usage))
-        async for piece in stream.pieces(request):
+        async for piece in flight.pieces(request):
             yield _event(reply.chunk(piece, usage=usage))
-        g = st.engine.result(stream.seq)
+        g = flight.result()
         if g.finish_reason == "cancelled":
             return
         if g.finish_reason == "error":
@@ -104,11 +111,6 @@ async def _sse(request: Request, st: ServerState, stream: Stream, reply: "Reply"
             if usage:
                 yield _event(reply.chunk(usage=usage, totals=g))
         yield "data: [DONE]\n\n"
-    finally:  # also when the client went away mid-stream (the task is cancelled)
-        stream.cancel()
-        st.admission.leave()
-        g = g or st.engine.result(stream.seq)
-        st.log_request(reply.kind + "-stream", g, logged_prompt, reply.id)
 
 
 def _event(data: dict) -> str:

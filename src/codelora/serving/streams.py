@@ -16,8 +16,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from codelora.decoding.batcher import Sequence
-from codelora.serving.engine import Engine, Request as EngineRequest
-from codelora.serving.errors import REQUEST_ERRORS, from_codelora
+from codelora.serving.engine import Engine, GenerationJob
+from codelora.serving.http_errors import REQUEST_ERRORS, from_codelora
 
 POLL_S = 0.25  # how often the watcher checks that the client is still there
 
@@ -37,10 +37,10 @@ class Stream:
             self.wake_pending = True
             self.loop.call_soon_threadsafe(self.ready.set)
 
-    async def start(self, engine: Engine, req: EngineRequest) -> Sequence:
-        """Queue the request (loading its adapter on a worker thread if needed); 4xx on bad requests."""
+    async def start(self, engine: Engine, job: GenerationJob) -> Sequence:
+        """Queue the job (loading its adapter on a worker thread if needed); 4xx on bad requests."""
         try:
-            self.seq = await run_in_threadpool(engine.submit, req, self.on_update)
+            self.seq = await run_in_threadpool(engine.submit, job, self.on_update)
         except REQUEST_ERRORS as e:
             raise from_codelora(e) from None
         return self.seq

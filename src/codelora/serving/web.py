@@ -8,7 +8,7 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from codelora.serving.errors import read_body
+from codelora.serving.http_errors import read_body
 from codelora.serving.render import answer_html, highlight_css
 from codelora.serving.schemas import RenderRequest
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codelora.serving.adapters import AdapterConflictError, AdapterLoadError
+from codelora.serving.adapter_set import AdapterConflictError, AdapterLoadError
 from codelora.serving.engine import ContextLengthError
 from codelora.serving.registry import AdapterNameError, UnknownAdapterError
 
