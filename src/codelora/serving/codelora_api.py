@@ -56,7 +56,7 @@ async def generate(request: Request, st: ServerState = Depends(server_state)):
     st.check_lengths(body.max_new_tokens, body.min_new_tokens, "max_new_tokens", "min_new_tokens")
     req = EngineRequest(st.engine.question_ids(body.prompt), body.adapter,
                         GenerateConfig(body.max_new_tokens, body.temperature, body.top_p), body.seed,
-                        body.min_new_tokens, stop_strings(body.stop))
+                        body.min_new_tokens, stop_strings(body.stop, st.settings.max_stops))
     request_id = uuid.uuid4().hex[:12]
     g = await st.finish(request, await st.start(req), "generate", body.prompt, request_id)
     if g is None:

@@ -72,7 +72,7 @@ def engine_request(st: ServerState, body: Sampling, ids: list[int], max_tokens: 
     st.check_lengths(max_new, body.min_tokens, "max_tokens", "min_tokens")
     adapter = None if body.model in (st.engine.base_name, "base") else body.model
     return EngineRequest(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
-                         body.min_tokens, stop=stop_strings(body.stop), strip=strip)
+                         body.min_tokens, stop=stop_strings(body.stop, st.settings.max_stops), strip=strip)
 
 
 async def answer(request: Request, st: ServerState, body: Sampling, ids: list[int], max_tokens: int | None,
