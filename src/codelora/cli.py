@@ -3,7 +3,7 @@
     codelora run CONFIG.yaml [overrides] [--resume]   train, then evaluate (experiments.run)
     codelora train [--config FILE] [overrides]        train only (experiments.run)
     codelora data report|prepare --out DIR            EDA report / clean + split (data.prepare)
-    codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.run_eval, evaluation.exec_eval)
+    codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.eval_command)
     codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
     codelora merge RUN_DIR --out DIR                  (models.merge)
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
