@@ -278,8 +278,10 @@ def cmd_data(args) -> int:
 def cmd_eval(args) -> int:
     from codelora.evaluation.eval_command import EvalRequest, evaluate
 
-    result = evaluate(EvalRequest(args.run_dir, args.suite, args.tasks, args.completions, args.adapter, args.model,
-                                  args.out, args.gguf, args.allow_code_execution, given(args, EVAL_FLAGS)))
+    result = evaluate(EvalRequest(
+        run_dir=args.run_dir, suite=args.suite, tasks=args.tasks, completions=args.completions, adapters=args.adapter,
+        model=args.model, out=args.out, ggufs=args.gguf, allow_code_execution=args.allow_code_execution,
+        overrides=given(args, EVAL_FLAGS)))
     print(result.markdown())
     if result.execution:
         say(f"wrote {result.out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
