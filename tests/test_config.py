@@ -49,7 +49,8 @@ def test_bad_values_name_the_field(data, fragment):
 
 def test_sections_are_derived_from_the_dataclasses():
     assert list(SECTION_NAMES.values()) == ["model", "data", "data.clean", "lora", "train", "generate", "eval"]
-    with pytest.raises(ConfigError, match=r"^generate.top_p must be in \(0, 1\]"):  # a section alone: its run-config name
+    # a section validated alone is named by its place in a run config
+    with pytest.raises(ConfigError, match=r"^generate.top_p must be in \(0, 1\]"):
         validated(GenerateConfig(top_p=0))
     with pytest.raises(ConfigError, match=r"^data.limit must be at least 1"):  # a RunConfig: each section
         validated(RunConfig(data=dataclasses.replace(RunConfig().data, limit=0)), "")
