@@ -1,19 +1,18 @@
-from pathlib import Path
+"""config.py: the schema (defaults, help, allowed values, sections) and how it is validated."""
+
+import dataclasses
+import typing
 
 import pytest
 
-import dataclasses
-
-from codelora.config import (SCHEDULERS, GenerateConfig, ImproveConfig, MergeConfig, RunConfig, ServeConfig, load_config_file,
-                             parse_assignment, parse_config, set_dotted)
+from codelora.config import (SCHEDULERS, SECTION_NAMES, EvalCommandConfig, EvalConfig, ExportConfig, GenerateConfig,
+                             ImproveConfig, MergeConfig, RunConfig, ServeConfig, validated)
+from codelora.config_parse import parse_config
 from codelora.errors import ConfigError
-
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name != "improve.yaml")
-IMPROVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "improve.yaml"
 
 
 def test_defaults_are_the_documented_ones():
-    cfg = parse_config({})
+    cfg = validated(RunConfig(), "")
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.0)  # dropout costs ~11% of a CPU step
     assert (cfg.train.precision, cfg.train.gradient_checkpointing, cfg.model.quantize) == ("auto", False, "none")
     assert (cfg.train.save_every, cfg.train.keep_checkpoints, cfg.train.max_batch_tokens) == (50, 2, 0)
@@ -21,20 +20,11 @@ def test_defaults_are_the_documented_ones():
     assert cfg.model.name == "smollm2-135m" and cfg.model.trust_remote_code is False
     assert cfg.data.source == "flytech/python-codes-25k"
     assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.1, 0.1)
-
-
-def test_nested_values_parse_and_coerce():
-    cfg = parse_config({"lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "train": {"lr": "2e-4"}})
-    assert cfg.lora.r == 4 and cfg.lora.alpha == 8.0 and isinstance(cfg.lora.alpha, float)
-    assert cfg.lora.target_modules == "all-linear"
-    assert cfg.train.lr == pytest.approx(2e-4)
+    assert parse_config({}) == cfg
 
 
 @pytest.mark.parametrize("data, fragment", [
-    ({"lora": {"rank": 4}}, "unknown config field 'lora.rank'"),
     ({"lora": {"r": 0}}, "lora.r must be at least 1, got 0; try 8 or 16"),
-    ({"lora": {"r": "big"}}, "lora.r must be int, got 'big'"),
-    ({"lora": {"r": True}}, "lora.r must be int"),
     ({"lora": {"target_modules": "attention"}}, "lora.target_modules"),
     ({"lora": {"bias": "some"}}, "lora.bias must be one of"),
     ({"train": {"lr": 0}}, "train.lr must be positive"),
@@ -49,8 +39,7 @@ def test_nested_values_parse_and_coerce():
     ({"model": {"task": "vision"}}, "model.task must be one of"),
     ({"eval": {"samples": 0}}, "eval.samples must be in [1, 1000], got 0"),
     ({"eval": {"samples": 10**23}}, "eval.samples must be in [1, 1000]"),
-    ({"data": {"clean": {"strip_fences": "yes"}}}, "data.clean.strip_fences must be bool"),
-    ({"model": "x"}, "model must be a mapping"),
+    ({"eval": {"sandbox_memory_mb": 0}}, "eval.sandbox_memory_mb must be at least 1, got 0"),
 ])
 def test_bad_values_name_the_field(data, fragment):
     with pytest.raises(ConfigError) as e:
@@ -58,66 +47,43 @@ def test_bad_values_name_the_field(data, fragment):
     assert fragment in str(e.value)
 
 
-def test_set_assignments_read_yaml_values():
-    data = {}
-    for text in ("lora.r=8", "train.lr=1e-4", "lora.target_modules=[q_proj, v_proj]", "data.limit=null"):
-        set_dotted(data, *parse_assignment(text))
-    cfg = parse_config(data)
-    assert cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.data.limit is None
-    assert cfg.train.lr == pytest.approx(1e-4)
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_assignment("lora.r")
+def test_sections_are_derived_from_the_dataclasses():
+    assert list(SECTION_NAMES.values()) == ["model", "data", "data.clean", "lora", "train", "generate", "eval"]
+    # a section validated alone is named by its place in a run config
+    with pytest.raises(ConfigError, match=r"^generate.top_p must be in \(0, 1\]"):
+        validated(GenerateConfig(top_p=0))
+    with pytest.raises(ConfigError, match=r"^data.limit must be at least 1"):  # a RunConfig: each section
+        validated(RunConfig(data=dataclasses.replace(RunConfig().data, limit=0)), "")
+    with pytest.raises(ConfigError, match=r"^improve.generate.top_p must be in"):  # and named by their place
+        validated(ImproveConfig(generate=GenerateConfig(top_p=0)), "improve")
+    with pytest.raises(ConfigError, match=r"^--max-stops must be at least 1"):  # a CLI-only section: by its flag
+        validated(ServeConfig(max_stops=0), "--")
 
 
-def test_flags_override_an_empty_yaml_section():
-    data = {"lora": None}
-    set_dotted(data, "lora.r", 8)
-    assert parse_config(data).lora.r == 8
+def test_improve_reuses_the_generate_and_eval_sections():
+    cfg = ImproveConfig()
+    assert (cfg.generate.max_new_tokens, cfg.generate.temperature, cfg.generate.top_p) == (256, 0.8, 0.95)
+    assert (cfg.eval.batch_size, cfg.eval.timeout, cfg.eval.precision) == (16, 10.0, "fp32")
+    assert not {"max_new_tokens", "temperature", "top_p", "batch_size", "timeout"} & {
+        f.name for f in dataclasses.fields(ImproveConfig)}
+    with pytest.raises(ConfigError, match="improve.eval.samples does not apply to improve"):
+        validated(ImproveConfig(eval=EvalConfig(samples=4)), "improve")
+    with pytest.raises(ConfigError, match="improve.generate.temperature must be positive"):
+        validated(ImproveConfig(generate=GenerateConfig(temperature=0.0)), "improve")
 
 
-def test_config_file_errors(tmp_path):
-    deep = tmp_path / "deep.yaml"
-    deep.write_text("train:\n  lr: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(ConfigError, match="nested too deeply"):
-        load_config_file(deep)
-    with pytest.raises(ConfigError, match="nested too deeply"):
-        parse_assignment("train.lr=" + "[" * 100_000)
-    latin = tmp_path / "latin.yaml"
-    latin.write_bytes(b"out: caf\xe9\n")
-    with pytest.raises(ConfigError, match="is not UTF-8 text"):
-        load_config_file(latin)
-    with pytest.raises(ConfigError, match="config file not found"):
-        load_config_file(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("lora: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config_file(bad)
+def test_sandbox_limits_stop_count_and_eval_folder_are_config_fields():
+    from codelora.evaluation.sandbox import Limits
+
+    assert Limits() == Limits.of(EvalConfig()) and (Limits().memory_mb, Limits().processes, Limits().file_mb) == (
+        1024, 32, 8)
+    ec = EvalConfig(timeout=3, sandbox_memory_mb=512, sandbox_processes=4, sandbox_file_mb=2)
+    assert Limits.of(ec) == Limits(timeout_s=3, memory_mb=512, processes=4, file_mb=2)
+    assert ServeConfig().max_stops == 8 and EvalCommandConfig().out == "runs/eval-{name}"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_parses(path):
-    cfg = parse_config(load_config_file(path))
-    assert isinstance(cfg, RunConfig)
-    header = "".join(path.read_text().splitlines(keepends=True)[:12])
-    assert f"codelora run configs/{path.name}" in header, "the header must give the exact run command"
-
-
-def test_the_shipped_improve_config_parses_and_names_its_command():
-    from codelora.config import parse_improve_config
-
-    cfg = parse_improve_config(load_config_file(IMPROVE_CONFIG))
-    assert isinstance(cfg, ImproveConfig) and cfg.start == "runs/demo"
-    assert "codelora improve configs/improve.yaml --allow-code-execution" in IMPROVE_CONFIG.read_text()[:600]
-
-
-def test_shipped_configs_exist():
-    assert any(p.name == "demo.yaml" for p in CONFIGS)
-
-
-@pytest.mark.parametrize("cls", [RunConfig, ServeConfig, MergeConfig, ImproveConfig])
+@pytest.mark.parametrize("cls", [RunConfig, ServeConfig, MergeConfig, ExportConfig, ImproveConfig, EvalCommandConfig])
 def test_every_field_carries_its_help(cls):
-    import typing
-
     def walk(c, prefix=""):
         hints = typing.get_type_hints(c)
         for f in dataclasses.fields(c):
@@ -133,13 +99,21 @@ def test_cli_help_and_choices_come_from_the_config():
     from codelora.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices
-    run_flags = {a.option_strings[0]: a for a in sub["run"]._actions if a.option_strings}
+
+    def flags(command):
+        return {a.option_strings[0]: a for a in sub[command]._actions if a.option_strings}
+
+    run_flags = flags("run")
     assert run_flags["--task"].choices == ("causal-lm", "seq2seq", "classification")
     assert run_flags["--lr"].help.startswith("peak learning rate") and run_flags["--lr"].type is float
-    ask_flags = {a.option_strings[0]: a for a in sub["ask"]._actions if a.option_strings}
-    assert f"(default: {GenerateConfig().max_new_tokens})" in ask_flags["--max-new-tokens"].help
-    serve_flags = {a.option_strings[0]: a for a in sub["serve"]._actions if a.option_strings}
+    assert f"(default: {GenerateConfig().max_new_tokens})" in flags("ask")["--max-new-tokens"].help
+    serve_flags = flags("serve")
     assert f"(default: {ServeConfig().max_queue})" in serve_flags["--max-queue"].help
+    assert "(default: 8)" in serve_flags["--max-stops"].help and serve_flags["--max-stops"].type is int
+    eval_flags = flags("eval")
+    assert "(default: runs/eval-{name})" in eval_flags["--out"].help
+    assert "(default: 1024)" in eval_flags["--sandbox-memory-mb"].help
+    assert {"--sandbox-processes", "--sandbox-file-mb"} <= set(eval_flags)
 
 
 def test_every_scheduler_choice_builds_in_transformers():
@@ -149,10 +123,3 @@ def test_every_scheduler_choice_builds_in_transformers():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     for name in SCHEDULERS:
         assert get_scheduler(name, opt, num_warmup_steps=1, num_training_steps=10) is not None, name
-
-
-def test_a_moved_field_still_reads_from_an_old_run_config():
-    cfg = parse_config({"eval": {"max_new_tokens": 64, "batch_size": 4}})
-    assert cfg.generate.max_new_tokens == 64 and cfg.eval.batch_size == 4
-    both = parse_config({"eval": {"max_new_tokens": 64}, "generate": {"max_new_tokens": 32}})
-    assert both.generate.max_new_tokens == 32  # the new place wins

@@ -3,7 +3,7 @@
     codelora run CONFIG.yaml [overrides] [--resume]   train, then evaluate (experiments.run)
     codelora train [--config FILE] [overrides]        train only (experiments.run)
     codelora data report|prepare --out DIR            EDA report / clean + split (data.prepare)
-    codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.run_eval, evaluation.exec_eval)
+    codelora eval RUN_DIR | --suite humaneval | --tasks FILE   (evaluation.eval_command)
     codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
     codelora merge RUN_DIR --out DIR                  (export.merge)
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
@@ -29,9 +29,9 @@ import typing
 import warnings
 from pathlib import Path
 
-from codelora.config import (ExportConfig, GenerateConfig, MergeConfig, RunConfig, ServeConfig, TrainConfig, field_help,
-                             load_config_file, parse_assignment, parse_config, resolve_field, set_dotted,
-                             validated)
+from codelora.config import (EvalCommandConfig, ExportConfig, GenerateConfig, MergeConfig, RunConfig, ServeConfig,
+                             TrainConfig, field_help, resolve_field, section, validated)
+from codelora.config_parse import load_config_file, parse_assignment, parse_config, set_dotted
 from codelora.console import say, set_quiet
 from codelora.errors import CodeloraError, TrainingStopped, first_line
 
@@ -45,7 +45,8 @@ RUN_FLAGS = {
 }
 EVAL_FLAGS = {"--limit": "eval.limit", "--batch-size": "eval.batch_size", "--max-new-tokens": "generate.max_new_tokens",
               "--samples": "eval.samples", "--temperature": "eval.sample_temperature", "--timeout": "eval.timeout",
-              "--precision": "eval.precision"}
+              "--precision": "eval.precision", "--sandbox-memory-mb": "eval.sandbox_memory_mb",
+              "--sandbox-processes": "eval.sandbox_processes", "--sandbox-file-mb": "eval.sandbox_file_mb"}
 ASK_FLAGS = {"--max-new-tokens": "generate.max_new_tokens", "--temperature": "generate.temperature",
              "--top-p": "generate.top_p", "--device": "train.device", "--precision": "train.precision"}
 SERVE_FLAGS = {"--" + name.replace("_", "-"): name for name in ServeConfig.__dataclass_fields__}
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completions", help="score these completions (task_id, completion) instead of a model")
     p.add_argument("--adapter", action="append", default=[], help="adapter run directory to compare (repeatable)")
     p.add_argument("--model", help="base model (default: the adapter's base, else smollm2-135m)")
-    p.add_argument("--out", help="where execution reports go (default: RUN_DIR, else runs/eval-SUITE)")
+    add_flags(p, {"--out": "out"}, EvalCommandConfig)
     p.add_argument("--allow-code-execution", action="store_true",
                    help="required to run model-generated code (in a sandboxed process)")
     p.add_argument("--gguf", action="append", default=[], metavar="FILE",
@@ -217,13 +218,6 @@ def run_config(args, config_path: str | None) -> RunConfig:
     return parse_config(data)
 
 
-def section(cls: type, values: dict[str, object], prefix: str = ""):
-    """A validated `cls` from the flags' values of its fields (`prefix.field` keys; no prefix: a
-    CLI-only section, whose errors name the flags)."""
-    obj = cls(**{k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
-    return validated(obj, prefix.rstrip(".") or "--")
-
-
 # -- subcommands ----------------------------------------------------------------------------------
 
 
@@ -282,45 +276,16 @@ def cmd_data(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    overrides = given(args, EVAL_FLAGS)
-    if not (args.suite or args.tasks):
-        if args.completions or args.adapter:
-            raise CodeloraError("--completions and --adapter go with --suite humaneval or --tasks FILE")
-        if not args.run_dir:
-            raise CodeloraError("give a RUN_DIR (text metrics on its test split) or --suite humaneval / --tasks FILE")
-        from codelora.evaluation.compare import render_markdown
-        from codelora.evaluation.run_eval import evaluate_run
+    from codelora.evaluation.eval_command import EvalRequest, evaluate
 
-        print(render_markdown(evaluate_run(args.run_dir, overrides, ggufs=args.gguf)))
-        _update_card(args.run_dir)
-        return 0
-    if args.completions and args.gguf:
-        raise CodeloraError("--completions scores given answers; it does not go with --gguf")
-    if args.suite and args.tasks:
-        raise CodeloraError("choose one of --suite humaneval and --tasks FILE")
-    from codelora.config import EvalConfig
-    from codelora.evaluation.exec_eval import evaluate_models, render_exec_markdown, require_execution_flag, \
-        score_completions
-    from codelora.evaluation.execution import humaneval_tasks, load_tasks_file
-    from codelora.evaluation.sandbox import Limits
-
-    ec, gen = section(EvalConfig, overrides, "eval."), section(GenerateConfig, overrides, "generate.")
-    tasks = humaneval_tasks(ec.limit) if args.suite else load_tasks_file(args.tasks, ec.limit)
-    adapters = list(args.adapter) + ([args.run_dir] if args.run_dir else [])
-    out = Path(args.out or (args.run_dir if args.run_dir else f"runs/eval-{args.suite or Path(args.tasks).stem}"))
-    require_execution_flag(args.allow_code_execution)  # after the inputs are checked, before anything runs
-    if args.completions:
-        report = score_completions(tasks, args.completions, out, Limits(timeout_s=ec.timeout))
-    else:
-        from codelora.config import ModelConfig
-        from codelora.models.adapters import base_model_of
-
-        model_cfg = ModelConfig(name=args.model) if args.model else (
-            base_model_of(Path(adapters[0])) if adapters else ModelConfig())
-        report = evaluate_models(tasks, model_cfg, adapters, out, ec, gen, TrainConfig.device, ggufs=args.gguf)
-    print(render_exec_markdown(report))
-    say(f"wrote {out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
-    if args.run_dir and out == Path(args.run_dir):
+    result = evaluate(EvalRequest(
+        run_dir=args.run_dir, suite=args.suite, tasks=args.tasks, completions=args.completions, adapters=args.adapter,
+        model=args.model, out=args.out, ggufs=args.gguf, allow_code_execution=args.allow_code_execution,
+        overrides=given(args, EVAL_FLAGS)))
+    print(result.markdown())
+    if result.execution:
+        say(f"wrote {result.out}/exec_report.md, exec_report.json, exec_pass_at_1.png")
+    if args.run_dir and result.out == Path(args.run_dir):
         _update_card(args.run_dir)
     return 0
 

@@ -1,20 +1,17 @@
 """Run configuration: plain dataclasses that YAML files and CLI flags are parsed against.
 
-Every default lives here and nowhere else. A YAML config is a nested mapping with the same
-sections (`model`, `data`, `lora`, `train`, `eval`) plus `out` and `seed`; see configs/demo.yaml.
+Every default lives here and nowhere else, each with its help text and allowed values. A YAML
+config is a nested mapping with the same sections (`model`, `data`, `lora`, `train`, `generate`,
+`eval`) plus `out` and `seed`; see configs/demo.yaml. Reading YAML and `--set` is config_parse.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from codelora.errors import ConfigError
 
@@ -276,6 +273,12 @@ class EvalConfig:
                           bounds=Bounds(1, 1000))
     sample_temperature: float = option(0.8, "sampling temperature when samples > 1", bounds=POSITIVE)
     timeout: float = option(10.0, "seconds a sample may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
+    sandbox_memory_mb: int = option(1024, "address space a sample may use in the sandbox, in MB (RLIMIT_AS)",
+                                    bounds=AT_LEAST_1)
+    sandbox_processes: int = option(32, "processes a sample may run at once in the sandbox (RLIMIT_NPROC; "
+                                        "enforced when codelora runs as root)", bounds=AT_LEAST_1)
+    sandbox_file_mb: int = option(8, "largest file a sample may write in the sandbox, its stdout and stderr "
+                                     "included, in MB (RLIMIT_FSIZE)", bounds=AT_LEAST_1)
     # fp32 by default: greedy answers in bf16 drift from fp32 ones after a few dozen tokens, so
     # scores would depend on which CPU ran them; loss and answers of a bf16-trained adapter are
     # measured on the fp32 base it will be used with
@@ -296,6 +299,7 @@ class ServeConfig:
     max_queue: int = option(64, "requests admitted at once (running + waiting); more get 429", bounds=AT_LEAST_1)
     max_new_tokens_limit: int = option(1024, "largest max_new_tokens a request may ask for", bounds=AT_LEAST_1)
     max_body_bytes: int = option(65536, "larger request bodies get 413", bounds=AT_LEAST_1)
+    max_stops: int = option(8, "stop strings a request may give; more get 422", bounds=AT_LEAST_1)
     api_key: str | None = option(None, f"require this key (prefer the environment variable {API_KEY_ENV}; a flag "
                                        f"is visible in ps)")
     log_prompts: bool = option(False, "write prompts and answers to the log (off: only ids, counts and times)")
@@ -343,7 +347,18 @@ class ExportConfig:
     device: str = device_option("cpu")
 
 
+@dataclass
+class EvalCommandConfig:
+    """`codelora eval`'s own settings (flags only); the rest are the run config's eval and generate sections."""
+
+    out: str = option("runs/eval-{name}", "where execution reports go: the RUN_DIR when one is given, else this "
+                                          "folder ({name}: humaneval, or the --tasks file's name)")
+
+
 SELECTIONS = ("shortest", "diverse")
+# what improve takes from an eval section (the rest is about `codelora eval` / `run`)
+IMPROVE_EVAL_FIELDS = ("batch_size", "timeout", "precision", "sandbox_memory_mb", "sandbox_processes",
+                       "sandbox_file_mb")
 
 
 @dataclass
@@ -362,8 +377,6 @@ class ImproveConfig:
                                 factory=lambda: ["configs/tasks/python_basics.jsonl", "humaneval:40"])
     rounds: int = option(2, "rounds of sample -> execute -> select -> train", bounds=Bounds(1, 100))
     samples: int = option(4, "answers sampled per training task per round (k of pass@k)", bounds=Bounds(1, 100))
-    temperature: float = option(0.8, "sampling temperature of the training answers", bounds=POSITIVE)
-    top_p: float = option(0.95, "nucleus sampling of the training answers", bounds=Bounds(0, 1, low_open=True))
     keep_per_task: int = option(2, "passing answers kept per task (after removing duplicates)", bounds=AT_LEAST_1)
     select: str = option("shortest", "which passing answers are kept first: shortest, or diverse (each next one "
                                      "the least similar to those kept)", choices=SELECTIONS)
@@ -374,12 +387,15 @@ class ImproveConfig:
                                       "{train.epochs: 2, train.lr: 1e-4}",
                                  factory=lambda: {"train.epochs": 2, "train.lr": 1e-4, "train.eval_every": 0,
                                                   "train.save_every": 10})
-    batch_size: int = option(16, "prompts generated together", bounds=AT_LEAST_1)
-    max_new_tokens: int = option(256, "generation budget per answer, in tokens", bounds=AT_LEAST_1)
+    # the generate and eval sections of a run config, so that each setting is declared once
+    generate: GenerateConfig = option(help="decoding of the training answers (sampled at temperature / top_p; "
+                                           "max_new_tokens also bounds the held-out answers, which are greedy)",
+                                      factory=lambda: GenerateConfig(temperature=0.8))
+    eval: EvalConfig = option(help=f"the held-out evaluation (precision, fp32: comparable with codelora eval) and "
+                                   f"the sandbox; batch_size, timeout and the sandbox limits apply to sampling and "
+                                   f"running the training answers too; only {', '.join(IMPROVE_EVAL_FIELDS)} apply",
+                              factory=EvalConfig)
     sample_precision: str = precision_option("auto", "compute precision of sampling the training answers")
-    eval_precision: str = precision_option("fp32", "compute precision of the held-out evaluation (fp32: "
-                                                   "comparable with codelora eval)")
-    timeout: float = option(10.0, "seconds an answer may run in the sandbox", bounds=Bounds(0, 3600, low_open=True))
     measure_final: bool = option(True, "sample the last round's model on the training tasks too (its pass@k)")
     device: str = device_option("auto")
     seed: int = option(0, "seeds sampling, the mix of original rows and training")
@@ -387,6 +403,14 @@ class ImproveConfig:
     def validate(self) -> None:
         if not self.tasks:
             raise ConfigError("tasks is empty: name at least one training tasks file")
+        unused = [f.name for f in dataclasses.fields(EvalConfig) if f.name not in IMPROVE_EVAL_FIELDS
+                  and getattr(self.eval, f.name) != getattr(EvalConfig, f.name)]
+        if unused:
+            raise ConfigError(f"improve.eval.{unused[0]} does not apply to improve (its eval section uses "
+                              f"{', '.join(IMPROVE_EVAL_FIELDS)}; answers per task: improve.samples)")
+        if self.generate.temperature <= 0:
+            raise ConfigError(f"improve.generate.temperature must be positive, got {self.generate.temperature} "
+                              f"(the training answers are sampled)")
         for spec in self.heldout:
             if spec.startswith("humaneval") and not re.fullmatch(r"humaneval(:[1-9][0-9]*)?", spec):
                 raise ConfigError(f"heldout: {spec!r} must be 'humaneval' or 'humaneval:N' with N >= 1")
@@ -403,9 +427,8 @@ class RunConfig:
     generate: GenerateConfig = option(help="decoding for evaluation", factory=GenerateConfig)
     eval: EvalConfig = option(help="evaluation after training", factory=EvalConfig)
 
-    def validate(self) -> "RunConfig":
-        for section in (self.model, self.data, self.data.clean, self.lora, self.train, self.generate, self.eval):
-            validated(section)
+    def validate(self) -> None:
+        """Rules across sections (`validated` checks each section first)."""
         method = parse_method(self.train.method)[0]
         if self.model.quantize != "none" and method in ("full", "top"):
             raise ConfigError(f"train.method={self.train.method} trains the base weights, which cannot be quantized; "
@@ -413,25 +436,35 @@ class RunConfig:
         if self.eval.tasks and (method != "lora" or self.model.task != "causal-lm"):
             raise ConfigError(f"eval.tasks (pass@1 by running code) needs train.method lora and model.task causal-lm; "
                               f"got {self.train.method} / {self.model.task}: run `codelora eval --tasks` separately")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", CleanConfig: "data.clean", LoraSettings: "lora",
-                 TrainConfig: "train", GenerateConfig: "generate", EvalConfig: "eval"}
-# Fields that moved; old run directories' config.yaml files still read (dotted old -> new).
-RENAMED = {"eval.max_new_tokens": "generate.max_new_tokens"}
+def subsections(cls: type) -> dict[str, type]:
+    """{field name: dataclass} of the fields of `cls` that are sections themselves."""
+    return {name: tp for name, tp in typing.get_type_hints(cls).items() if dataclasses.is_dataclass(tp)}
+
+
+def _section_names(cls: type, prefix: str = "") -> dict[type, str]:
+    names = {}
+    for name, tp in subsections(cls).items():
+        names[tp] = prefix + name
+        names |= _section_names(tp, f"{prefix}{name}.")
+    return names
+
+
+# {section class: its dotted place in a run config}: how errors name a section validated on its own
+SECTION_NAMES = _section_names(RunConfig)
 
 
 def check_fields(section: Any, prefix: str | None = None) -> None:
     """Refuse a value outside its field's `choices` or `bounds`, naming the field, the value and
     what is allowed. `prefix` "--" names CLI-only settings by their flags (--max-queue)."""
-    prefix = prefix or SECTION_NAMES.get(type(section), type(section).__name__)
+    prefix = _prefix(section, prefix)
     for f in dataclasses.fields(section):
         value, meta = getattr(section, f.name), f.metadata
-        where = f"--{f.name.replace('_', '-')}" if prefix == "--" else f"{prefix}.{f.name}"
+        where = f"--{f.name.replace('_', '-')}" if prefix == "--" else _dotted(prefix, f.name)
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}; got {value!r}")
         bounds = meta.get("bounds")
@@ -442,11 +475,30 @@ def check_fields(section: Any, prefix: str | None = None) -> None:
             raise ConfigError(f"{where} must be {pattern[1]}; got {value!r}")
 
 
+def _prefix(section: Any, prefix: str | None) -> str:
+    return SECTION_NAMES.get(type(section), type(section).__name__) if prefix is None else prefix
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def validated(section: Any, prefix: str | None = None) -> Any:
-    """`section` after its field checks and its own cross-field `validate()`; returns it."""
+    """`section` after its field checks, those of its sections (recursively) and its own
+    cross-field `validate()`; returns it. `prefix`: how errors name it ("" for a RunConfig)."""
+    prefix = _prefix(section, prefix)
     check_fields(section, prefix)
+    for name in subsections(type(section)):
+        validated(getattr(section, name), _dotted(prefix, name))
     getattr(section, "validate", lambda: None)()
     return section
+
+
+def section(cls: type, values: dict[str, object], prefix: str = "") -> Any:
+    """A validated `cls` from flag values of its fields (`prefix.field` keys; no prefix: a
+    CLI-only section, whose errors name the flags)."""
+    obj = cls(**{k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
+    return validated(obj, prefix.rstrip(".") or "--")
 
 
 def field_help(cls: type, name: str) -> tuple[str, tuple | None, Any]:
@@ -463,154 +515,3 @@ def resolve_field(dotted: str, root: type | None = None) -> tuple[type, str]:
     for part in path:
         cls = typing.get_type_hints(cls)[part]
     return cls, name
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Return `value` if it matches the annotation `tp` (ints are accepted for floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{where} has the wrong type: got {value!r}, expected {_type_name(tp)}"
-        )
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {_check_type(k, key_tp, f"{where} key"): _check_type(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "2e-4" as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _from_dict(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config field '{where}'; known fields here: {', '.join(names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _from_dict(tp, value if value is not None else {}, f"{where}.")
-        else:
-            kwargs[key] = _check_type(value, tp, where)
-    return cls(**kwargs)
-
-
-def parse_config(data: dict[str, Any]) -> RunConfig:
-    """Build a validated RunConfig from a nested mapping (as read from YAML)."""
-    return _from_dict(RunConfig, _renamed(data or {}), "").validate()
-
-
-def _renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """Move fields of RENAMED to their new place (a value given at the new place wins)."""
-    data = dict(data)
-    for old, new in RENAMED.items():
-        (section, name), (new_section, new_name) = old.split("."), new.split(".")
-        if isinstance(data.get(section), dict) and name in data[section]:
-            rest = dict(data[section])
-            value = rest.pop(name)
-            data[section] = rest
-            target = dict(data.get(new_section) or {})
-            target.setdefault(new_name, value)
-            data[new_section] = target
-    return data
-
-
-def parse_improve_config(data: dict[str, Any]) -> ImproveConfig:
-    """A validated ImproveConfig from a mapping (an improve YAML file); errors name `improve.FIELD`."""
-    return validated(_from_dict(ImproveConfig, data or {}, "improve."), "improve")
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {p} is nested too deeply to read") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}")
-    return data or {}
-
-
-def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config mapping as {dotted field: value}; `data.categories` (a mapping that is one field)
-    stays whole. The inverse of `set_dotted` over every field."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict) and k != "categories":
-            out |= flatten_config(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict; the value is checked later against the dataclasses."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        if node.get(part) is None:  # absent, or an empty section in YAML
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {key}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """Parse `--set key=value`; the value is read as YAML (so 1e-4, true, [a, b] work)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value (for example train.lr=1e-4), got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    except RecursionError:
-        raise ConfigError(f"--set {key.strip()}=...: the value is nested too deeply to read") from None
-    return key.strip(), value
-
-
-def dump_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from codelora.config import parse_config
+from codelora.config_parse import parse_config
 from codelora.data.decontaminate import contaminated, humaneval_problems
 from codelora.data.prepare import data_prepare
 from codelora.io.rundir import staged_run_dir

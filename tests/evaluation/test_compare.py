@@ -3,7 +3,8 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from codelora.config import LoraSettings, parse_config
+from codelora.config import LoraSettings
+from codelora.config_parse import parse_config
 from codelora.data.prompts import PromptFormat
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.lora import apply_lora

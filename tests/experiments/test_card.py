@@ -132,7 +132,7 @@ def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(shared
 
     check = f"""
 import json
-from codelora.config import load_config_file, parse_config
+from codelora.config_parse import load_config_file, parse_config
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.models.loss import validation_loss
 

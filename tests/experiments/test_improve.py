@@ -45,8 +45,9 @@ def _config(d: Path, out: Path) -> Path:
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump({
         "out": str(out), "run_config": str(d / "run.yaml"), "tasks": [str(d / "tasks.jsonl")],
-        "heldout": [str(d / "heldout.jsonl")], "rounds": 2, "samples": 8, "temperature": 1.0, "keep_per_task": 2,
-        "original_share": 0.8, "max_new_tokens": 40, "batch_size": 8, "device": "cpu", "sample_precision": "fp32",
+        "heldout": [str(d / "heldout.jsonl")], "rounds": 2, "samples": 8, "keep_per_task": 2, "original_share": 0.8,
+        "generate": {"temperature": 1.0, "max_new_tokens": 40}, "eval": {"batch_size": 8}, "device": "cpu",
+        "sample_precision": "fp32",
         "set": {"train.epochs": 2, "train.lr": 5e-3, "train.save_every": 1, "train.batch_size": 4}}))
     return path
 
@@ -138,6 +139,10 @@ def test_bad_improve_inputs_are_one_line_errors(setting, tmp_path):
         f"start={tmp_path}": "is not a LoRA run directory",
         "tasks=[/nonexistent/tasks.jsonl]": "tasks file not found: /nonexistent/tasks.jsonl",
         "set={train.lr: -1}": "train.lr must be positive",
+        "temperature=0.5": "improve.temperature is now improve.generate.temperature",  # a moved field
+        "generate.temperature=0": "improve.generate.temperature must be positive",
+        "eval.samples=3": "improve.eval.samples does not apply to improve",
+        "train.lr=1": "--set train.lr: improve fields are top-level",
     }
     for assignment, message in cases.items():
         r = call_cli("improve", config, "--allow-code-execution", "--set", assignment)
@@ -160,7 +165,7 @@ def test_improve_on_the_embedded_model(embedded_adapter, tmp_path):
     config = tmp_path / "improve.yaml"
     config.write_text(yaml.safe_dump({
         "out": str(tmp_path / "out"), "start": str(embedded_adapter), "tasks": [str(tmp_path / "tasks.jsonl")],
-        "heldout": [str(tmp_path / "heldout.jsonl")], "rounds": 1, "samples": 2, "max_new_tokens": 96,
+        "heldout": [str(tmp_path / "heldout.jsonl")], "rounds": 1, "samples": 2, "generate": {"max_new_tokens": 96},
         "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0}}))
     r = call_cli("improve", config, "--allow-code-execution")
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from codelora.config import parse_config
+from codelora.config_parse import parse_config
 from codelora.errors import CodeloraError
 from codelora.experiments.run import RunOptions, run
 from codelora.io.rundir import partial_dir

@@ -6,7 +6,7 @@ Trainable-parameter counts are asserted against closed forms computed from the c
 import pytest
 import torch
 
-from codelora.config import parse_config
+from codelora.config_parse import parse_config
 from codelora.errors import ConfigError
 from codelora.models.lora import count_parameters
 from codelora.models.methods import block_stacks, set_trainable

@@ -166,6 +166,15 @@ def test_bad_input_gets_a_4xx_with_a_message(server, path, body, status, words):
     assert server.get("/health")[1]["adapters_loaded"] == ["alpha", "plain-peft"]
 
 
+def test_the_number_of_stop_strings_is_the_servers_max_stops():
+    from codelora.serving.http_errors import ApiError
+    from codelora.serving.lifecycle import stop_strings
+
+    assert stop_strings(["a", "b"], 2) == ("a", "b") and stop_strings("a", 1) == ("a",)
+    with pytest.raises(ApiError, match="stop: at most 1 non-empty strings"):
+        stop_strings(["a", "b"], 1)
+
+
 def test_unknown_paths_and_methods_are_json_4xx(server):
     assert server.get("/v1/nothing")[0] == 404
     status, reply = server.get("/v1/generate")

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from codelora.config import load_config_file, parse_config
+from codelora.config_parse import load_config_file, parse_config
 from codelora.io.rundir import staged_run_dir
 from codelora.training.train import train
 

@@ -90,7 +90,7 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
     base, tokenizer, _ = load_base(model_cfg, dev, dtype=precision.dtype)
     fmt = PromptFormat(tokenizer)
     model, names = _with_adapters(base, adapters, adapter_names)
-    limits = Limits(timeout_s=ec.timeout)
+    limits = Limits.of(ec)
     entries, all_results, answers = {}, {}, {}
     t0 = time.perf_counter()
     files = _gguf_models(ggufs, fmt, tasks, gen, ["base", *names])

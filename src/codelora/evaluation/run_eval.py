@@ -8,7 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from codelora.config import RunConfig, load_config_file, parse_config, set_dotted
+from codelora.config import RunConfig
+from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import say
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError

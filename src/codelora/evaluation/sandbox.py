@@ -51,10 +51,16 @@ RUNTIME = Path(__file__).with_name("sandbox_runtime.py")  # harness + child, sta
 class Limits:
     timeout_s: float = EvalConfig.timeout  # wall clock (eval.timeout)
     cpu_s: int = 0  # CPU seconds; 0: the wall-clock timeout, rounded down, at least 1
-    memory_mb: int = 1024  # RLIMIT_AS
-    processes: int = 32  # RLIMIT_NPROC (per uid; enforced only when started as root)
-    file_mb: int = 8  # RLIMIT_FSIZE: any file, stdout and stderr included
+    memory_mb: int = EvalConfig.sandbox_memory_mb  # RLIMIT_AS
+    processes: int = EvalConfig.sandbox_processes  # RLIMIT_NPROC (per uid; enforced only when started as root)
+    file_mb: int = EvalConfig.sandbox_file_mb  # RLIMIT_FSIZE: any file, stdout and stderr included
     output_chars: int = 4000  # kept of stdout/stderr for the report
+
+    @classmethod
+    def of(cls, ec: EvalConfig) -> Limits:
+        """The limits an eval section sets."""
+        return cls(timeout_s=ec.timeout, memory_mb=ec.sandbox_memory_mb, processes=ec.sandbox_processes,
+                   file_mb=ec.sandbox_file_mb)
 
     def __post_init__(self) -> None:
         if not self.cpu_s:  # frozen: set through object.__setattr__, as dataclasses do

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, RunConfig, load_config_file, parse_config
+from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, RunConfig
+from codelora.config_parse import load_config_file, parse_config
 from codelora.data.load import is_hub_dataset
 from codelora.data.prompts import PLAIN_TEMPLATE
 from codelora.io.files import write_text_atomic

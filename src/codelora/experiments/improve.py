@@ -25,10 +25,11 @@ import glob
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from codelora.config import EvalConfig, GenerateConfig, ImproveConfig, load_config_file, parse_config, set_dotted
+from codelora.config import GenerateConfig, ImproveConfig
+from codelora.config_parse import load_config_file, parse_config, parse_improve_config, set_dotted, set_improve_field
 from codelora.console import say
 from codelora.data.clean import extract_code
 from codelora.decoding.generate import generate_answers
@@ -108,7 +109,7 @@ def set_up(cfg: ImproveConfig, overwrite: bool) -> Plan:
     overlap = set(ids) & {t.task_id for suite in heldout.values() for t in suite}
     if overlap:
         raise ConfigError(f"improve: held-out suites share tasks with the training tasks: {sorted(overlap)[:5]}")
-    chunk = max(1, cfg.batch_size * 2 // cfg.samples)  # about two batches of sequences per chunk
+    chunk = max(1, cfg.eval.batch_size * 2 // cfg.samples)  # about two batches of sequences per chunk
     plan = Plan(cfg, out, run_cfg, str(start) if start else None, tasks, heldout,
                 [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)])
     parse_config(_round_config(plan, 1, plan.start_adapter, out / "check"))  # a bad `set` fails now
@@ -174,14 +175,14 @@ def sample(plan: Plan, r: int | str, adapter: str | None) -> dict[str, list[str]
         return json.loads(done.read_text(encoding="utf-8"))
     d.mkdir(parents=True, exist_ok=True)
     cfg, k = plan.cfg, plan.cfg.samples
-    gen = GenerateConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    gen = cfg.generate
     todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
     if todo:
         model, fmt, device = _load(plan, adapter, cfg.sample_precision)
         for n, i in enumerate(todo, 1):
             t0 = time.perf_counter()
             questions = [t.instruction for t in plan.chunks[i] for _ in range(k)]
-            answers = generate_answers(model, fmt, questions, gen, cfg.batch_size, device, seed=_seed(plan, r, i),
+            answers = generate_answers(model, fmt, questions, gen, cfg.eval.batch_size, device, seed=_seed(plan, r, i),
                                        progress_desc=f"{_name(r)}: sampling chunk {n}/{len(todo)}")
             write_json_atomic(d / f"chunk-{i:04d}.json",
                               {t.task_id: answers[j * k:(j + 1) * k] for j, t in enumerate(plan.chunks[i])})
@@ -218,7 +219,7 @@ def run_answers(plan: Plan, r: int | str, answers: dict[str, list[str]]) -> dict
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
     d.mkdir(parents=True, exist_ok=True)
-    limits = Limits(timeout_s=plan.cfg.timeout)
+    limits = Limits.of(plan.cfg.eval)
     todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
     for n, i in enumerate(todo, 1):
         t0 = time.perf_counter()
@@ -354,9 +355,8 @@ def _write_round_data(plan: Plan, r: int, pairs: list[dict], data_dir: Path) -> 
 def evaluate_round(plan: Plan, r: int, adapter: str | None) -> None:
     """Greedy pass@1 of round r's model on each held-out suite (round 0: the base and the start)."""
     cfg = plan.cfg
-    ec = EvalConfig(batch_size=cfg.batch_size, timeout=cfg.timeout, precision=cfg.eval_precision,
-                    allow_code_execution=True)
-    gen = GenerateConfig(max_new_tokens=cfg.max_new_tokens)
+    ec = cfg.eval
+    gen = GenerateConfig(max_new_tokens=cfg.generate.max_new_tokens)  # greedy
     model_cfg = _model_cfg(plan)
     for name, tasks in plan.heldout.items():
         out = plan.round_dir(r) / "eval" / name
@@ -414,7 +414,7 @@ def write_report(plan: Plan) -> dict:
             if r > 0:
                 entry |= _training_facts(plan, r)
             rows.append(entry)
-    report = {"config": dict(vars(plan.cfg)), "start": plan.start_adapter,
+    report = {"config": asdict(plan.cfg), "start": plan.start_adapter,
               "train_tasks": len(plan.tasks), "heldout": {k: len(v) for k, v in plan.heldout.items()}, "rows": rows}
     write_json_atomic(plan.out / "report.json", report)
     write_text_atomic(plan.out / "report.md", render_markdown(report))
@@ -443,17 +443,8 @@ def _training_facts(plan: Plan, r: int) -> dict:
 
 
 def load_improve_config(path: str, assignments: list[tuple[str, object]] = ()) -> ImproveConfig:
-    from codelora.config import parse_improve_config
-
     data = load_config_file(path)
     for key, value in assignments:
-        if key.startswith("set."):
-            data.setdefault("set", {})
-            data["set"] = {**(data["set"] or {}), key[4:]: value}
-        elif "." in key:
-            raise ConfigError(f"--set {key}: improve fields are top-level (rounds, samples, ...); for the training "
-                              f"config use --set set.{key}=...")
-        else:
-            data[key] = value
+        set_improve_field(data, key, value)
     return parse_improve_config(data)
 

@@ -11,14 +11,14 @@ from codelora.io.figures import pyplot, save_figure
 def render_markdown(report: dict) -> str:
     cfg = report["config"]
     suites = list(report["heldout"])
-    k = cfg["samples"]
+    k, temperature = cfg["samples"], cfg["generate"]["temperature"]
     head = ("| round | model | " + " | ".join(f"{s} pass@1 (95% CI)" for s in suites)
-            + f" | train tasks pass@1 (T={cfg['temperature']}) | train tasks pass@{k} | passing pairs | "
+            + f" | train tasks pass@1 (T={temperature}) | train tasks pass@{k} | passing pairs | "
               f"original rows | sampling s | execution s | training s |")
     lines = [f"# codelora improve: {report['train_tasks']} training tasks, {cfg['rounds']} round(s)", "",
              f"Start: {report['start'] or 'the base model'}. Held-out suites (greedy pass@1, "
-             f"{cfg['eval_precision']}): " + ", ".join(f"{s} ({n} tasks)" for s, n in report["heldout"].items())
-             + f". Each round samples {k} answers per training task at temperature {cfg['temperature']}, keeps at "
+             f"{cfg['eval']['precision']}): " + ", ".join(f"{s} ({n} tasks)" for s, n in report["heldout"].items())
+             + f". Each round samples {k} answers per training task at temperature {temperature}, keeps at "
              f"most {cfg['keep_per_task']} passing answers per task ({cfg['select']} first) and trains on them with "
              f"an original-data share of {cfg['original_share']}.", "",
              head, "| --- | --- |" + " ---: |" * (len(suites) + 7)]

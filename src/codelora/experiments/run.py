@@ -1,7 +1,7 @@
 """`codelora run` and `codelora train` as one library function: train into a staged run directory,
 then (for `run`) evaluate base vs tuned model on the test split, and pass@1 when `eval.tasks` asks.
 
-    from codelora.config import load_config_file, parse_config
+    from codelora.config_parse import load_config_file, parse_config
     from codelora.experiments.run import RunOptions, run
     result = run(parse_config(load_config_file("configs/demo.yaml")), RunOptions())
 

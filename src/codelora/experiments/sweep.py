@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from codelora.config import TrainConfig, load_config_file, parse_config, set_dotted
+from codelora.config import TrainConfig
+from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import progress
 from codelora.errors import ConfigError, CodeloraError
 

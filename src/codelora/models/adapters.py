@@ -13,7 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig, load_config_file, parse_config
+from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig
+from codelora.config_parse import load_config_file, parse_config
 from codelora.errors import ModelError
 
 

@@ -55,7 +55,7 @@ async def generate(request: Request, lifecycle: RequestLifecycle = Depends(reque
     lifecycle.check_lengths(body.max_new_tokens, body.min_new_tokens, "max_new_tokens", "min_new_tokens")
     job = GenerationJob(lifecycle.engine.question_ids(body.prompt), body.adapter,
                         GenerateConfig(body.max_new_tokens, body.temperature, body.top_p), body.seed,
-                        body.min_new_tokens, stop_strings(body.stop))
+                        body.min_new_tokens, stop_strings(body.stop, lifecycle.settings.max_stops))
     request_id = uuid.uuid4().hex[:12]
     async with lifecycle.admit(job, "generate", body.prompt, request_id) as flight:
         g = await flight.answer(request)

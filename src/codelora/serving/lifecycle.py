@@ -27,14 +27,13 @@ from codelora.serving.http_errors import ApiError
 from codelora.serving.streams import Stream
 
 log = logging.getLogger("codelora.serve")
-MAX_STOPS = 8
 
 
-def stop_strings(value: str | list[str] | None) -> tuple[str, ...]:
-    """A request's `stop` as a tuple; 422 for more than MAX_STOPS or an empty string."""
+def stop_strings(value: str | list[str] | None, most: int) -> tuple[str, ...]:
+    """A request's `stop` as a tuple; 422 for more than `most` (serve's max_stops) or an empty string."""
     stops = (value,) if isinstance(value, str) else tuple(value or ())
-    if len(stops) > MAX_STOPS or any(not s for s in stops):
-        raise ApiError(422, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
+    if len(stops) > most or any(not s for s in stops):
+        raise ApiError(422, f"stop: at most {most} non-empty strings", "stop")
     return stops
 
 

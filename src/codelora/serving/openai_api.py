@@ -72,7 +72,7 @@ def generation_job(lifecycle: RequestLifecycle, body: Sampling, ids: list[int], 
     lifecycle.check_lengths(max_new, body.min_tokens, "max_tokens", "min_tokens")
     adapter = None if body.model in (lifecycle.engine.base_name, "base") else body.model
     return GenerationJob(ids, adapter, GenerateConfig(max_new, body.temperature, body.top_p), body.seed,
-                         body.min_tokens, stop=stop_strings(body.stop), strip=strip)
+                         body.min_tokens, stop=stop_strings(body.stop, lifecycle.settings.max_stops), strip=strip)
 
 
 async def answer(request: Request, lifecycle: RequestLifecycle, body: Sampling, ids: list[int],

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from codelora.config import RunConfig, flatten_config
+from codelora.config import RunConfig
+from codelora.config_parse import flatten_config
 from codelora.errors import ConfigError
 from codelora.tracking.state import STATE_FILE
 

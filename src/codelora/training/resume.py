@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codelora.config import RunConfig, flatten_config, load_config_file
+from codelora.config import RunConfig
+from codelora.config_parse import flatten_config, load_config_file
 from codelora.console import say
 from codelora.errors import CodeloraError
 from codelora.training.checkpoint import Checkpoint, find_latest

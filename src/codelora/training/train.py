@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelora.config import RunConfig, dump_config
+from codelora.config import RunConfig
+from codelora.config_parse import dump_config
 from codelora.console import say
 from codelora.data.dataset import PreparedData
 from codelora.data.prompts import PromptFormat
