@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -151,14 +153,45 @@ def tiny_plain_model_dir(tmp_path_factory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama_plain"), chat_template=False)
 
 
-@pytest.fixture(scope="session")
-def embedded_adapter(tmp_path_factory) -> Path:
-    """A real adapter on the embedded SmolLM2 (2 optimizer steps, ~20 s), for slow tests."""
-    from adapters_helpers import train_with_codelora
+EMBEDDED_RUN_ARGS = (
+    "run", "configs/demo.yaml", "--max-steps", "3",
+    # lr 5e-3: three steps change the model enough for its answers to differ from the base's
+    "--set", "train.lr=0.005", "--set", "eval.limit=4", "--set", "generate.max_new_tokens=32",
+    # fp32 pinned: the reload test compares with plain fp32 peft (auto may pick bf16 on this CPU)
+    "--set", "train.precision=fp32",
+    "--set", "eval.tasks=configs/tasks/python_basics.jsonl", "--set", "eval.tasks_limit=2",
+    "--set", "eval.allow_code_execution=true",
+)
 
-    tmp = tmp_path_factory.mktemp("embedded_adapter")
-    data = write_jsonl(tmp / "rows.jsonl", make_rows(30))
-    return train_with_codelora("smollm2-135m", data, tmp / "adapters" / "python-qa", steps=2, extra=("--limit", "24"))
+
+@dataclass
+class EmbeddedRun:
+    path: Path  # the run directory, at adapters/python-qa (a folder of adapters, for serve --adapters)
+    returncode: int
+    stderr: str  # what was drawn on the terminal
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory) -> EmbeddedRun:
+    """`codelora run configs/demo.yaml` on the real embedded SmolLM2 (3 steps on the real data head, eval
+    on 4 test rows and 2 tasks), its stderr on a terminal: trained once per session and shared by every
+    test of the real model's run outputs (end to end, model card, merge, GGUF, web page, improve)."""
+    from pty_helpers import run_command_in_pty
+
+    if not SHARED_HEAD.is_file():
+        pytest.skip(f"the real data head {SHARED_HEAD} is absent (it lives in shared/ beside the checkout)")
+    out = tmp_path_factory.mktemp("embedded_run") / "adapters" / "python-qa"
+    code, stderr, stdout = run_command_in_pty([sys.executable, "-m", "codelora", *EMBEDDED_RUN_ARGS, "--out", str(out)],
+                                              cwd=REPO, timeout=1200)
+    return EmbeddedRun(out, code, stderr, stdout)
+
+
+@pytest.fixture(scope="session")
+def embedded_adapter(embedded_run) -> Path:
+    """The run directory of `embedded_run`, for tests that only need a real adapter on the embedded model."""
+    assert embedded_run.returncode == 0, embedded_run.stderr[-3000:]
+    return embedded_run.path
 
 
 @pytest.fixture

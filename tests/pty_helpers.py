@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,33 @@ def run_in_pty(code: str, env: dict | None = None, timeout: float = 120) -> str:
     text = out.decode("utf-8", "replace")
     assert proc.returncode == 0, text[-3000:]
     return text
+
+
+def run_command_in_pty(cmd: list[str], cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run `cmd` with stderr on a pseudo-terminal (what a user's shell gives it); (exit code, stderr, stdout)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size (a bare pty has 0x0)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), stdout.decode(errors="replace")
+
 
 
 def run_cli_in_pty(*argv, env: dict | None = None, timeout: float = 300) -> str:

@@ -4,33 +4,17 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from cli_helpers import run_cli
+from conftest import SHARED_HEAD
 
 pytestmark = pytest.mark.slow
-TASKS_FILE = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "tasks" / "python_basics.jsonl"
 
 
 @pytest.fixture(scope="module")
-def e2e_run(tmp_path_factory):
-    from conftest import make_rows, write_jsonl
-
-    tmp = tmp_path_factory.mktemp("e2e")
-    data = write_jsonl(tmp / "rows.jsonl", make_rows(30))
-    config = tmp / "e2e.yaml"
-    config.write_text(yaml.safe_dump({
-        "out": str(tmp / "run"),
-        "model": {"name": "smollm2-135m"},
-        "data": {"source": str(data), "limit": 24},
-        # fp32 pinned: the reload test below compares with plain fp32 peft (auto may pick bf16 on this CPU)
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "precision": "fp32"},
-        "generate": {"max_new_tokens": 24},
-        "eval": {"batch_size": 4, "tasks": str(TASKS_FILE), "tasks_limit": 2,
-                 "allow_code_execution": True},
-    }))
-    result = run_cli("run", config)
-    return tmp / "run", result
+def e2e_run(embedded_run):
+    """The session's real run of configs/demo.yaml (tests/conftest.py: embedded_run)."""
+    return embedded_run.path, embedded_run
 
 
 def test_run_writes_every_output(e2e_run):
@@ -41,7 +25,7 @@ def test_run_writes_every_output(e2e_run):
         assert (run / name).is_file(), name
     assert "| eval loss (answer tokens) |" in result.stdout
     report = json.loads((run / "eval_report.json").read_text())
-    assert report["rows_generated"] == 2 and set(report["models"]) == {"base", "adapter"}
+    assert report["rows_generated"] == 4 and set(report["models"]) == {"base", "adapter"}
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["model"]["kind"] == "embedded" and manifest["parameters"]["trainable"] == 1_843_200
     # named by the Hub model the embedded one is a copy of: loadable by anyone, no path on this machine
@@ -87,6 +71,7 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     # The reloaded adapter is the trained one: it reproduces the test loss that `run` measured
     # in the training process, before anything was saved.
     report = json.loads((run / "eval_report.json").read_text())
+    cfg.data.source, cfg.data.fallback = str(SHARED_HEAD), None  # the rows the run read
     test = prepare_data(cfg.data, cfg.seed, fmt).examples_of("test")
     for model in (ours, plain):
         loss = validation_loss(model, test, cfg.eval.batch_size, tok.pad_token_id, "cpu")

@@ -1,16 +1,11 @@
 """The run directory's README.md: a model card from the run that huggingface_hub parses and
 validates, whose base model someone else can load, and whose plain-peft snippet runs as written."""
 
-import fcntl
 import json
 import os
-import pty
 import re
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 
 import pytest
@@ -84,42 +79,13 @@ def test_a_local_base_is_named_by_its_folder_never_by_a_path(tiny_model_dir, dat
     assert "set model.hub_id" in card.text
 
 
-def run_in_pty(cmd: list[str], cwd: Path, timeout: int) -> tuple[int, str, str]:
-    """Run `cmd` with stderr on a pseudo-terminal (what a user's shell gives it); (exit code, stderr, stdout)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size (a bare pty has 0x0)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
-    os.close(slave)
-    chunks = []
-
-    def drain():
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed its end
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    stdout, _ = proc.communicate(timeout=timeout)
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, b"".join(chunks).decode(errors="replace"), stdout.decode(errors="replace")
-
-
 @pytest.mark.slow
-def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(shared_head, tmp_path):
-    """configs/demo.yaml on the real embedded model (2 steps), run in a terminal: a bar with an ETA
+def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(embedded_run, shared_head):
+    """configs/demo.yaml on the real embedded model (3 steps), run in a terminal: a bar with an ETA
     during evaluation; the card's metadata validates and its plain-peft snippet, run as written from
     the run directory, gives the adapter's test loss of eval_report.json."""
-    out = tmp_path / "demo"
-    code, stderr, stdout = run_in_pty(
-        [sys.executable, "-m", "codelora", "run", "configs/demo.yaml", "--out", str(out), "--max-steps", "2",
-         "--set", "eval.limit=4", "--set", "generate.max_new_tokens=32"], cwd=ROOT, timeout=1200)
-    assert code == 0, stderr[-3000:]
+    out, stderr = embedded_run.path, embedded_run.stderr
+    assert embedded_run.returncode == 0, stderr[-3000:]
     assert re.search(r"adapter: generating: +\d+%\|.*\| \d+/4 \[\d\d:\d\d<\d\d:\d\d", stderr), stderr[-3000:]
 
     card = load_card(out)
@@ -132,6 +98,7 @@ def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(shared
 
     check = f"""
 import json
+import os
 from codelora.config_parse import load_config_file, parse_config
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.models.loss import validation_loss
