@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from codelora.errors import CodeloraError
-from codelora.io.rundir import (ADAPTER_WEIGHTS, CHECKPOINTS, EVAL_REPORT, LABELS, MANIFEST, SECONDS, ChunkedStage,
-                                RunDir, checkpoint_name, continued_dir, has_checkpoint, partial_dir, stage_seconds,
-                                staged_run_dir, step_dirs)
+from codelora.io.rundir import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS, CONFIG, EVAL_REPORT, EXEC_REPORT, LABELS,
+                                LOSS_LOG, MANIFEST, MODEL_CARD, SECONDS, ChunkedStage, RunDir, checkpoint_name,
+                                continued_dir, has_checkpoint, partial_dir, stage_seconds, staged_run_dir, step_dirs)
 
 
 def test_a_failed_run_leaves_nothing_behind(tmp_path):
@@ -59,6 +59,16 @@ def test_a_second_writer_is_refused(tmp_path):
 
 
 # --- the names and reading a run --------------------------------------------------------------------
+
+
+def test_the_names_on_disk_are_what_others_read():
+    """peft and the Hub read the adapter files and README.md; old runs, users' scripts and the docs
+    name the rest. Written out here on purpose: renaming one is a format change, not a refactor."""
+    assert (MANIFEST, CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, EVAL_REPORT, EXEC_REPORT, LOSS_LOG) == (
+        "manifest.json", "config.yaml", "adapter_config.json", "adapter_model.safetensors", "README.md",
+        "eval_report.json", "exec_report.json", "loss_log.jsonl")
+    assert (CHECKPOINTS, checkpoint_name(12), partial_dir("runs/demo").name) == (
+        "checkpoints", "step-00000012", "demo.partial")
 
 
 def test_a_run_dir_names_its_files_and_reads_them(tmp_path):
