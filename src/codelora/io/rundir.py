@@ -86,6 +86,10 @@ def step_dirs(checkpoints: Path) -> list[Path]:
     return sorted(p for p in checkpoints.glob(f"{STEP_PREFIX}*") if p.is_dir())
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"the run's {name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory's files by what they are; `run / NAME` for the rest."""
@@ -98,25 +102,11 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    @property
-    def manifest(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def adapter_config(self) -> Path:
-        return self.path / ADAPTER_CONFIG
-
-    @property
-    def adapter_weights(self) -> Path:
-        return self.path / ADAPTER_WEIGHTS
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
+    manifest = _file(MANIFEST)
+    config = _file(CONFIG)
+    adapter_config = _file(ADAPTER_CONFIG)
+    adapter_weights = _file(ADAPTER_WEIGHTS)
+    checkpoints = _file(CHECKPOINTS)
 
     @property
     def partial(self) -> Path:
