@@ -115,21 +115,20 @@ def set_up(cfg: ImproveConfig, overwrite: bool) -> Plan:
     plan = Plan(cfg, out, run_cfg, str(start) if start else None, tasks, heldout,
                 [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)])
     parse_config(_round_config(plan, 1, plan.start_adapter, out / "check"))  # a bad `set` fails now
-    _claim(out, cfg, overwrite)
+    if continued_dir(out, CONFIG_NAME, _settings(cfg), overwrite, "an improve run"):  # other settings: --overwrite
+        say(f"improve: continuing {out}")
     say(f"improve: {len(tasks)} training tasks from {len(files)} file(s), held-out {', '.join(heldout)}, "
         f"{cfg.rounds} round(s) from {start or 'the base model ' + str((run_cfg.get('model') or {}).get('name'))}")
     return plan
 
 
-def _claim(out: Path, cfg: ImproveConfig, overwrite: bool) -> None:
-    """A new improve directory, or the same config continued; another config needs --overwrite."""
+def _settings(cfg: ImproveConfig) -> str:
+    """The config as kept in OUT/improve.yaml: rerunning with the same one continues the run."""
     import dataclasses
 
     import yaml
 
-    if continued_dir(out, CONFIG_NAME, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), overwrite,
-                     "an improve run"):
-        say(f"improve: continuing {out}")
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def _model_cfg(plan: Plan):
