@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from codelora.config import parse_config
+from codelora.config_parse import parse_config
 from codelora.data.prepare import data_prepare, data_report
 from codelora.models.sources import load_tokenizer, resolve_model
 

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import httpx
 
+from codelora.io.rundir import ADAPTER_FILES, CONFIG, MANIFEST, RunDir
+
 QUESTIONS = [
     "Write a Python function that checks whether a number is prime.",
     "How do I read a CSV file with pandas and print the first five rows?",
@@ -61,7 +63,7 @@ QUESTIONS = [
 ADAPTER = "demo"
 # The files the server reads from an adapter folder: weights and config, and the run's
 # config.yaml / manifest.json, which name the base model it was trained on.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json")
+COPIED_FILES = (*ADAPTER_FILES, CONFIG, MANIFEST)
 
 
 class ServerFailed(Exception):
@@ -105,14 +107,14 @@ def cpu_info() -> dict:
 
 
 def check_adapter(src: Path) -> None:
-    if not (src / "adapter_config.json").is_file() or not (src / "adapter_model.safetensors").is_file():
+    if not RunDir(src).has_adapter():
         sys.exit(f"serve_load: {src} is not an adapter folder (needs adapter_config.json and "
                  f"adapter_model.safetensors); pass a run directory of codelora train")
 
 
 def copy_adapter(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True)
-    for name in ADAPTER_FILES:
+    for name in COPIED_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
 

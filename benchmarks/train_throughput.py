@@ -86,6 +86,7 @@ def run_codelora(args) -> dict:
 
     from codelora.config import LoraSettings, ModelConfig, TrainConfig
     from codelora.data.prompts import PromptFormat
+    from codelora.io.rundir import LOSS_LOG
     from codelora.models.lora import apply_lora
     from codelora.models.sources import load_base
     from codelora.training.outputs import LossLog
@@ -118,7 +119,7 @@ def run_codelora(args) -> dict:
         if warm:
             fit(ctx, warm, warm[:1], tc, 0, Path(tmp))
         stats = fit(ctx, measured, measured[:1], tc, 0, Path(tmp))
-        log = LossLog.read(Path(tmp) / "loss_log.jsonl")
+        log = LossLog.read(Path(tmp) / LOSS_LOG)
     steps = [e for e in log if e["split"] == "train"]
     assert len(steps) == args.steps, (len(steps), args.steps)
     supervised = sum(e.n_supervised for e in measured)

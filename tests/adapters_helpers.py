@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from codelora.io.rundir import ADAPTER_WEIGHTS
+
 
 def train_with_codelora(model_dir: Path, data: Path, out: Path, steps: int = 2, extra: tuple = ()) -> Path:
     r = subprocess.run([sys.executable, "-m", "codelora", "train", "--model", str(model_dir), "--data", str(data),
@@ -57,8 +59,8 @@ def inject_nan(src: Path, dst: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
-    weights = load_file(str(dst / "adapter_model.safetensors"))
+    weights = load_file(str(dst / ADAPTER_WEIGHTS))
     key = sorted(k for k in weights if "lora_A" in k)[-1]
     weights[key][1, 2] = float("nan")
-    save_file(weights, str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(weights, str(dst / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return dst

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from cli_helpers import call_cli, run_cli
+from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, EVAL_REPORT, EXEC_CHART, EXEC_REPORT, LOSS_LOG, MANIFEST
 
 
 def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
@@ -13,8 +14,8 @@ def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
                 "--lora-r", "2", "--seed", "5", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trainable parameters" in r.stderr and "Traceback" not in r.stderr
-    assert (out / "adapter_model.safetensors").is_file() and not (out / "eval_report.json").exists()
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / ADAPTER_WEIGHTS).is_file() and not (out / EVAL_REPORT).exists()
+    manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["seed"] == 5 and manifest["train"]["steps"] == 3
 
     again = run_cli("train", "--model", tiny_model_dir, "--data", data_file, "--out", out, "--max-steps", "1",
@@ -23,7 +24,7 @@ def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
 
     r = run_cli("eval", out, "--limit", "2", "--max-new-tokens", "4", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    report = json.loads((out / "eval_report.json").read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
     assert report["rows_generated"] == 2 and report["rows_for_loss"] == 4
     assert "| perplexity |" in r.stdout
 
@@ -45,7 +46,7 @@ def test_sigterm_from_outside_checkpoints_exits_0_and_resumes(tiny_model_dir, da
                             text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until training steps are being logged
-        log = tmp_path / "run.partial" / "loss_log.jsonl"
+        log = tmp_path / "run.partial" / LOSS_LOG
         if log.exists() and log.read_text().count('"split": "train"') >= 2:
             break
         time.sleep(0.2)
@@ -57,7 +58,7 @@ def test_sigterm_from_outside_checkpoints_exits_0_and_resumes(tiny_model_dir, da
     assert proc.returncode == 0, err[-2000:]
     assert "SIGTERM received: finishing this step" in err and "Traceback" not in err
     assert "resume with: codelora train" in err and err.strip().endswith("--resume")
-    (ckpt,) = (tmp_path / "run.partial" / "checkpoints").iterdir()
+    (ckpt,) = (tmp_path / "run.partial" / CHECKPOINTS).iterdir()
     step = int(ckpt.name.split("-")[1])
     assert step >= 2 and not out.exists()
 
@@ -102,7 +103,7 @@ def test_data_report_and_prepare_on_the_real_head(shared_head, tmp_path):
     r = run_cli("data", "prepare", "--data", shared_head, "--out", tmp_path / "prep", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cross-split pairs: 0" in r.stderr
-    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
     assert {k: v["rows"] for k, v in manifest["splits"].items()} == {"train": 284, "validation": 36, "test": 36}
 
 
@@ -146,7 +147,7 @@ def test_eval_refuses_to_execute_without_the_flag(tmp_path):
     r = call_cli("eval", "--tasks", tasks, "--completions", comps, "--out", tmp_path / "out",
                  "--allow-code-execution")
     assert r.returncode == 0, r.stderr[-2000:]
-    report = json.loads((tmp_path / "out" / "exec_report.json").read_text())
+    report = json.loads((tmp_path / "out" / EXEC_REPORT).read_text())
     assert report["models"]["completions"]["pass@1"] == 1.0
     assert not (tmp_path / "ran").exists()  # the sandbox could not write outside its own directory
 
@@ -162,6 +163,6 @@ def test_eval_humaneval_completions_through_the_cli(tmp_path):
         r = run_cli("eval", "--suite", "humaneval", "--limit", "10", "--completions", path, "--out", tmp_path / name,
                     "--allow-code-execution", timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-        report = json.loads((tmp_path / name / "exec_report.json").read_text())
+        report = json.loads((tmp_path / name / EXEC_REPORT).read_text())
         assert report["models"]["completions"]["pass@1"] == (1.0 if text is None else 0.0)
-        assert (tmp_path / name / "exec_pass_at_1.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / name / EXEC_CHART).read_bytes()[:4] == b"\x89PNG"

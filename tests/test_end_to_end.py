@@ -7,6 +7,7 @@ import torch
 
 from cli_helpers import run_cli
 from conftest import SHARED_HEAD
+from codelora.io.rundir import ADAPTER_CONFIG, CONFIG, EVAL_REPORT, EXEC_ANSWERS, EXEC_REPORT, MANIFEST, MODEL_CARD
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +25,20 @@ def test_run_writes_every_output(e2e_run):
                  "loss_curve.png", "splits.json", "eval_report.json", "eval_report.md", "eval_samples.jsonl"):
         assert (run / name).is_file(), name
     assert "| eval loss (answer tokens) |" in result.stdout
-    report = json.loads((run / "eval_report.json").read_text())
+    report = json.loads((run / EVAL_REPORT).read_text())
     assert report["rows_generated"] == 4 and set(report["models"]) == {"base", "adapter"}
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = json.loads((run / MANIFEST).read_text())
     assert manifest["model"]["kind"] == "embedded" and manifest["parameters"]["trainable"] == 1_843_200
     # named by the Hub model the embedded one is a copy of: loadable by anyone, no path on this machine
-    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+    assert json.loads((run / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "trainable parameters 1,843,200 of 136,358,208" in result.stderr
-    exec_report = json.loads((run / "exec_report.json").read_text())  # `run` also ran eval.tasks
+    exec_report = json.loads((run / EXEC_REPORT).read_text())  # `run` also ran eval.tasks
     assert set(exec_report["models"]) == {"base", "adapter"} and exec_report["tasks"] == 2
     assert "| model | tasks | samples | pass@1 |" in result.stdout
     from huggingface_hub import ModelCard
 
-    card = ModelCard.load(run / "README.md", ignore_metadata_errors=False)  # the card shows pass@1 too
+    card = ModelCard.load(run / MODEL_CARD, ignore_metadata_errors=False)  # the card shows pass@1 too
     [pass1] = [r for r in card.data.eval_results if r.metric_type == "pass@1"]
     assert pass1.metric_value == round(exec_report["models"]["adapter"]["pass@1"], 4)
 
@@ -54,7 +55,7 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     from codelora.models.sources import codelora_home, load_base
 
     run, _ = e2e_run
-    cfg = parse_config(load_config_file(run / "config.yaml"))
+    cfg = parse_config(load_config_file(run / CONFIG))
     base, tok, _ = load_base(cfg.model, "cpu")
     fmt = PromptFormat(tok)
     ids = torch.tensor([fmt.prompt_ids("Write a Python function that reverses a string.")])
@@ -70,7 +71,7 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
 
     # The reloaded adapter is the trained one: it reproduces the test loss that `run` measured
     # in the training process, before anything was saved.
-    report = json.loads((run / "eval_report.json").read_text())
+    report = json.loads((run / EVAL_REPORT).read_text())
     cfg.data.source, cfg.data.fallback = str(SHARED_HEAD), None  # the rows the run read
     test = prepare_data(cfg.data, cfg.seed, fmt).examples_of("test")
     for model in (ours, plain):
@@ -99,10 +100,10 @@ def test_execution_eval_of_base_and_adapter(e2e_run, tmp_path):
     r = run_cli("eval", "--tasks", tasks, "--adapter", run, "--out", tmp_path / "out", "--max-new-tokens", "64",
                 "--allow-code-execution")
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "exec_report.json").read_text())
+    report = json.loads((tmp_path / "out" / EXEC_REPORT).read_text())
     assert set(report["models"]) == {"base", "run"}
     for m in report["models"].values():
         assert m["tasks"] == 2 and m["samples"] == 2 and 0.0 <= m["pass@1"] <= 1.0
         assert sum(m["status"].values()) == 2
-    answers = json.loads((tmp_path / "out" / "exec_answers.json").read_text())
+    answers = json.loads((tmp_path / "out" / EXEC_ANSWERS).read_text())
     assert answers["base"]["sq"][0] and answers["run"]["sq"][0]

@@ -293,8 +293,9 @@ def cmd_eval(args) -> int:
 def _update_card(run_dir: str) -> None:
     """The run's model card shows its newest evaluation."""
     from codelora.experiments.card import write_model_card
+    from codelora.io.rundir import RunDir
 
-    if (Path(run_dir) / "manifest.json").is_file():
+    if RunDir(run_dir).is_complete():
         write_model_card(Path(run_dir), Path(run_dir).name)
 
 

@@ -5,7 +5,7 @@ import pytest
 from codelora.config_parse import parse_config
 from codelora.data.decontaminate import contaminated, humaneval_problems
 from codelora.data.prepare import data_prepare
-from codelora.io.rundir import staged_run_dir
+from codelora.io.rundir import MANIFEST, staged_run_dir
 from codelora.training.train import train
 from conftest import make_rows, write_jsonl
 
@@ -21,7 +21,7 @@ def test_prepare_is_deterministic_and_complete(tmp_path, data_file):
     for split in ("train", "validation", "test"):
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
         assert a["splits"][split]["rows"] == len((tmp_path / "a" / f"{split}.jsonl").read_text().splitlines())
-    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
     assert sum(s["rows"] for s in a["splits"].values()) == a["rows_kept"] == 40
     assert "pairs across splits" in (tmp_path / "a" / "split_report.md").read_text()
     other = data_prepare(_cfg(data_file, clean={"strip_fences": True}), tmp_path / "c")

@@ -10,6 +10,7 @@ from codelora.config import DataConfig, RunConfig
 from codelora.data.dataset import load_data
 from codelora.data.prepare import data_report
 from codelora.data.report import compute_stats
+from codelora.io.rundir import REPORT_MD
 from conftest import write_jsonl
 
 ROWS = [
@@ -71,7 +72,7 @@ def test_report_command_writes_markdown_json_and_real_charts(tmp_path, fixture_r
 
     stats = data_report(cfg, out, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert json.loads((out / "stats.json").read_text())["unique"] == stats["unique"]
-    md = (out / "report.md").read_text()
+    md = (out / REPORT_MD).read_text()
     assert "Rows whose `text` equals" in md and "| instruction | 5 |" in md
     import matplotlib.image as mpimg
 

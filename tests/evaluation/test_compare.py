@@ -7,6 +7,7 @@ from codelora.config import LoraSettings
 from codelora.config_parse import parse_config
 from codelora.data.prompts import PromptFormat
 from codelora.evaluation.compare import candidates, compare_models
+from codelora.io.rundir import EVAL_CHART, EVAL_REPORT, EVAL_REPORT_MD, EVAL_SAMPLES
 from codelora.models.lora import apply_lora
 
 
@@ -31,9 +32,9 @@ def test_report_compares_base_and_adapter(tiny_model_dir, rows, tmp_path):
     assert base["eval_loss"] != adapter["eval_loss"]
     for m in (base, adapter):
         assert set(m) >= {"eval_loss", "perplexity", "bleu", "rougeL_f1"}
-    assert json.loads((tmp_path / "eval_report.json").read_text()) == report
-    md = (tmp_path / "eval_report.md").read_text()
+    assert json.loads((tmp_path / EVAL_REPORT).read_text()) == report
+    md = (tmp_path / EVAL_REPORT_MD).read_text()
     assert "| eval loss (answer tokens) |" in md and "| BLEU (sacrebleu, 0-100) |" in md
-    assert (tmp_path / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
-    samples = [json.loads(x) for x in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
+    assert (tmp_path / EVAL_CHART).read_bytes()[:4] == b"\x89PNG"
+    samples = [json.loads(x) for x in (tmp_path / EVAL_SAMPLES).read_text().splitlines()]
     assert len(samples) == 4 and samples[0]["reference"] == test_rows[0]["output"]

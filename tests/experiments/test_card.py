@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
+from codelora.io.rundir import ADAPTER_CONFIG, EVAL_REPORT, MANIFEST, MODEL_CARD
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +21,7 @@ def load_card(run_dir: Path):
     from huggingface_hub import ModelCard
     from huggingface_hub.utils import validate_repo_id
 
-    card = ModelCard.load(run_dir / "README.md", ignore_metadata_errors=False)
+    card = ModelCard.load(run_dir / MODEL_CARD, ignore_metadata_errors=False)
     if "/" in card.data.base_model:
         validate_repo_id(card.data.base_model)  # a Hub id, as the Hub checks it
     for dataset in card.data.datasets or []:
@@ -45,8 +46,8 @@ def tiny_run(tmp_path, model_dir, data_file, *extra) -> Path:
 def test_the_card_is_written_from_the_run_and_parses(tiny_model_dir, data_file, tmp_path):
     out = tiny_run(tmp_path, tiny_model_dir, data_file, "--set", "model.hub_id=someone/tiny-llama")
     card = load_card(out)
-    report = json.loads((out / "eval_report.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     d = card.data
     assert d.base_model == "someone/tiny-llama" and d.library_name == "peft" and d.base_model_relation == "adapter"
     assert "lora" in d.tags and d.pipeline_tag == "text-generation"
@@ -60,7 +61,7 @@ def test_the_card_is_written_from_the_run_and_parses(tiny_model_dir, data_file, 
                    f"{manifest['train']['steps']} optimizer steps", "More Information Needed"):
         assert (needle in text) == (needle != "More Information Needed"), needle
     assert f"| eval loss (answer tokens) | {report['models']['base']['eval_loss']:.4f} |" in text
-    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    adapter_config = json.loads((out / ADAPTER_CONFIG).read_text())
     assert adapter_config["base_model_name_or_path"] == "someone/tiny-llama"
 
     # `codelora eval RUN_DIR` writes the card again with its new report
@@ -71,11 +72,11 @@ def test_the_card_is_written_from_the_run_and_parses(tiny_model_dir, data_file, 
 
 def test_a_local_base_is_named_by_its_folder_never_by_a_path(tiny_model_dir, data_file, tmp_path):
     out = tiny_run(tmp_path, tiny_model_dir, data_file)
-    named = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    named = json.loads((out / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     assert named == tiny_model_dir.name and os.sep not in named
     card = load_card(out)
     assert card.data.base_model == tiny_model_dir.name
-    assert str(tiny_model_dir) not in (out / "README.md").read_text()
+    assert str(tiny_model_dir) not in (out / MODEL_CARD).read_text()
     assert "set model.hub_id" in card.text
 
 
@@ -93,7 +94,7 @@ def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(embedd
     assert d.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and d.datasets == ["flytech/python-codes-25k"]
     assert d.license == "apache-2.0" and d.library_name == "peft"
     assert "dequantized to float32" in card.text and "read from a local copy" in card.text
-    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    adapter_config = json.loads((out / ADAPTER_CONFIG).read_text())
     assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     check = f"""
@@ -117,8 +118,8 @@ print(json.dumps({{"sha256": data.curated.sha256, "loss": loss}}))
     *answer, last = r.stdout.strip().splitlines()
     assert "".join(answer).strip(), "the snippet prints an answer"
     got = json.loads(last)
-    manifest = json.loads((out / "manifest.json").read_text())
-    report = json.loads((out / "eval_report.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
     assert got["sha256"] == manifest["data"]["sha256"]
     assert abs(got["loss"] - report["models"]["adapter"]["eval_loss"]) < 1e-4, (got, report["models"]["adapter"])
 

@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from cli_helpers import call_cli
+from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, CONFIG, MANIFEST, REPORT, REPORT_MD, SECONDS
 from conftest import FUNCS, make_rows, write_jsonl
 
 RUNNER = Path(__file__).resolve().parents[1] / "training" / "fault_runner.py"
@@ -67,7 +68,7 @@ def reference(setting):
 
 
 def test_a_round_trains_on_passing_answers_only_and_reports_every_round(setting, reference):
-    report = json.loads((reference / "report.json").read_text())
+    report = json.loads((reference / REPORT).read_text())
     assert [(row["round"], row["model"]) for row in report["rows"]] == [(0, "base"), (1, "round-1"), (2, "round-2")]
     samples = json.loads((reference / "round-1" / "samples" / "samples.json").read_text())
     passed = json.loads((reference / "round-1" / "exec" / "passed.json").read_text())
@@ -81,16 +82,16 @@ def test_a_round_trains_on_passing_answers_only_and_reports_every_round(setting,
                    for a in task_answers), p
         per_task.setdefault(p["task_id"], []).append(p["output"])
     assert all(len(v) == len(set(v)) <= 2 for v in per_task.values())
-    manifest = json.loads((reference / "round-1" / "data" / "manifest.json").read_text())
+    manifest = json.loads((reference / "round-1" / "data" / MANIFEST).read_text())
     assert manifest["pairs"] == len(pairs) and manifest["original_rows"] == min(4 * len(pairs), 48)
     # the round's adapter continued from nothing (round 1 starts at the base) and round 2 from round 1's
-    cfg2 = yaml.safe_load((reference / "round-2" / "adapter" / "config.yaml").read_text())
+    cfg2 = yaml.safe_load((reference / "round-2" / "adapter" / CONFIG).read_text())
     assert cfg2["lora"]["init_from"] == str(reference / "round-1" / "adapter")
     row1 = report["rows"][1]
     assert row1["pairs"] == len(pairs) and row1["train_steps"] > 0 and "heldout" in row1["heldout"]
     sampled0 = report["rows"][0]["train_tasks_sampled"]
     assert sampled0["answers_passed"] == sum(map(sum, passed.values()))
-    assert (reference / "report.md").read_text().count("| round-") == 2 and (reference / "pass_at_1.png").stat().st_size
+    assert (reference / REPORT_MD).read_text().count("| round-") == 2 and (reference / "pass_at_1.png").stat().st_size
     assert report["rows"][2]["train_tasks_sampled"] is not None  # measure_final: the last model sampled too
 
 
@@ -100,17 +101,17 @@ def test_kill_9_in_sampling_execution_and_training_then_rerun_equals_an_uninterr
     for fault in ("improve-sample:2:KILL", "improve-exec:2:KILL", "loss:3:KILL"):
         r = _improve(config, fault)
         assert r.returncode == -9, (fault, r.stderr[-3000:])
-    assert (out / "round-1" / "adapter.partial" / "checkpoints").is_dir()  # killed inside round 1's training
+    assert (out / "round-1" / "adapter.partial" / CHECKPOINTS).is_dir()  # killed inside round 1's training
     # the chunks finished before each kill count toward the stage's seconds
-    assert json.loads((out / "round-1" / "samples" / "seconds.json").read_text())["sampling"] > 0
-    assert json.loads((out / "round-1" / "exec" / "seconds.json").read_text())["execution"] > 0
+    assert json.loads((out / "round-1" / "samples" / SECONDS).read_text())["sampling"] > 0
+    assert json.loads((out / "round-1" / "exec" / SECONDS).read_text())["execution"] > 0
     r = _improve(config)
     assert r.returncode == 0, r.stderr[-3000:]
     for rel in ("round-1/samples/samples.json", "round-1/exec/passed.json", "round-2/samples/samples.json"):
         assert (out / rel).read_text() == (reference / rel).read_text(), rel
     for r_dir in ("round-1", "round-2"):
-        a = load_file(reference / r_dir / "adapter" / "adapter_model.safetensors")
-        b = load_file(out / r_dir / "adapter" / "adapter_model.safetensors")
+        a = load_file(reference / r_dir / "adapter" / ADAPTER_WEIGHTS)
+        b = load_file(out / r_dir / "adapter" / ADAPTER_WEIGHTS)
         assert a.keys() == b.keys()
         for k in a:
             assert (a[k] - b[k]).abs().max().item() <= 1e-6, (r_dir, k)
@@ -169,7 +170,7 @@ def test_improve_on_the_embedded_model(embedded_adapter, tmp_path):
         "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0}}))
     r = call_cli("improve", config, "--allow-code-execution")
     assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / REPORT).read_text())
     assert [row["model"] for row in report["rows"]] == ["base", "start", "round-1"]
     assert report["rows"][1]["train_tasks_sampled"]["answers_passed"] > 0
     assert report["rows"][2]["pairs"] > 0 and report["rows"][2]["train_steps"] == 2

@@ -7,7 +7,7 @@ import pytest
 from codelora.config_parse import parse_config
 from codelora.errors import CodeloraError
 from codelora.experiments.run import RunOptions, run
-from codelora.io.rundir import partial_dir
+from codelora.io.rundir import ADAPTER_WEIGHTS, EVAL_REPORT, partial_dir
 
 
 def _cfg(tiny_model_dir, data_file, out, **sections):
@@ -20,12 +20,12 @@ def test_run_trains_then_evaluates_and_train_only_trains(tiny_model_dir, data_fi
     result = run(_cfg(tiny_model_dir, data_file, tmp_path / "run"), RunOptions())
     assert result.run_dir == tmp_path / "run" and result.exec_report is None
     assert set(result.report["models"]) == {"base", "adapter"} and result.report["max_new_tokens"] == 4
-    assert json.loads((tmp_path / "run" / "eval_report.json").read_text()) == result.report
+    assert json.loads((tmp_path / "run" / EVAL_REPORT).read_text()) == result.report
     assert not partial_dir(tmp_path / "run").exists()
 
     trained = run(_cfg(tiny_model_dir, data_file, tmp_path / "train"), RunOptions(evaluate=False))
-    assert trained.report is None and (tmp_path / "train" / "adapter_model.safetensors").is_file()
-    assert not (tmp_path / "train" / "eval_report.json").exists()
+    assert trained.report is None and (tmp_path / "train" / ADAPTER_WEIGHTS).is_file()
+    assert not (tmp_path / "train" / EVAL_REPORT).exists()
 
 
 def test_code_execution_is_refused_before_training(tiny_model_dir, data_file, tmp_path):

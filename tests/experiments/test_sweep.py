@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cli_helpers import run_cli
+from codelora.io.rundir import EVAL_REPORT, MANIFEST
 
 # tiny model: hidden 64, q,o 64x64, k,v 64x32 (d_in x d_out), gate/up 64x128, down 128x64; 2 blocks
 QKVO = 64 + 64 + 64 + 32 + 64 + 32 + 64 + 64  # sum of d_in + d_out over q, k, v, o
@@ -41,20 +42,20 @@ def test_sweep_runs_every_cell_and_a_restart_skips_finished_ones(sweep_file, tmp
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = out / "cells" / "r=2"
     deadline = time.monotonic() + 300
-    while not (first / "eval_report.json").is_file():
+    while not (first / EVAL_REPORT).is_file():
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "cells" / "mlp-last").exists()
-    stamp = (first / "manifest.json").stat().st_mtime_ns
+    stamp = (first / MANIFEST).stat().st_mtime_ns
 
     r = run_cli("sweep", sweep_file)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[1/3] r=2: done already, skipped" in r.stderr
     assert "[2/3] r=4: " in r.stderr and "[3/3] mlp-last: running" in r.stderr
-    assert (first / "manifest.json").stat().st_mtime_ns == stamp  # not rerun
+    assert (first / MANIFEST).stat().st_mtime_ns == stamp  # not rerun
 
     with open(out / "sweep.csv") as f:
         rows = {row["cell"]: row for row in csv.DictReader(f)}

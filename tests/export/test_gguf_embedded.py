@@ -6,6 +6,7 @@ import json
 import pytest
 
 from cli_helpers import run_cli
+from codelora.io.rundir import EXEC_ANSWERS, EXEC_REPORT, EXPORT_REPORT
 from gguf_helpers import require_llama_cpp
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def exported(embedded_adapter, tmp_path_factory):
 
 
 def test_every_quantization_loads_and_f16_matches_pytorch(exported):
-    report = json.loads((exported / "export_report.json").read_text())
+    report = json.loads((exported / EXPORT_REPORT).read_text())
     files = report["files"]
     assert list(files) == ["model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"]
     f16, q8, q4 = (files[n]["parity"] for n in files)
@@ -57,8 +58,8 @@ def test_ask_and_eval_through_llama_cpp(exported, embedded_adapter, tmp_path):
                 exported / "model-f16.gguf", "--gguf", exported / "model-q4_k_m.gguf", "--allow-code-execution",
                 "--out", out, "--model", "smollm2-135m")
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "exec_report.json").read_text())
+    report = json.loads((out / EXEC_REPORT).read_text())
     assert list(report["models"]) == ["base", "model-f16", "model-q4_k_m"]
     assert all(m["tasks"] == 3 for m in report["models"].values())
-    answers = json.loads((out / "exec_answers.json").read_text())
+    answers = json.loads((out / EXEC_ANSWERS).read_text())
     assert all(a[0].strip() for a in answers["model-q4_k_m"].values())

@@ -8,6 +8,7 @@ import torch
 
 from adapters_helpers import inject_nan, save_plain_peft
 from cli_helpers import call_cli, run_cli
+from codelora.io.rundir import ADAPTER_CONFIG, EXPORT_REPORT
 from gguf_helpers import require_llama_cpp, save_tiny_smollm
 from pty_helpers import run_cli_in_pty, stages_shown
 
@@ -53,7 +54,7 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export_report.json", "model-f16.gguf",
                                                      "model-q8_0.gguf"]
     assert stages_shown(drawn, "export") == EXPORT_STAGES, drawn
-    report = json.loads((out / "export_report.json").read_text())
+    report = json.loads((out / EXPORT_REPORT).read_text())
     f16 = report["files"]["model-f16.gguf"]["parity"]
     assert f16["finite"] and f16["max_abs_diff"] <= 0.5 and f16["max_kl"] <= 1e-3 and f16["top1_agreement"] > 0.9
     assert f16["positions"] > 100 and len(f16["greedy"]) == 4
@@ -77,7 +78,7 @@ def test_export_gguf_files_match_the_merged_model(adapter, tmp_path):
         mine = gguf.logits(ids)
     finally:
         gguf.close()
-    base_dir = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_dir = json.loads((adapter / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     with torch.inference_mode():
         plain = base(input_ids=torch.tensor([ids])).logits[0]
@@ -103,7 +104,7 @@ def test_export_gguf_lora_applies_on_the_base(adapter, tmp_path):
         "llama.cpp check of adapter-f32.gguf"], drawn
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "adapter-f32.gguf", "base-f16.gguf",
                                                      "export_report.json"]
-    report = json.loads((out / "export_report.json").read_text())
+    report = json.loads((out / EXPORT_REPORT).read_text())
     p = report["files"]["adapter-f32.gguf"]["parity"]
     assert p["max_abs_diff"] <= 0.5 and p["max_kl"] <= 1e-3
     modelfile = (out / "Modelfile").read_text().splitlines()
@@ -126,7 +127,7 @@ def test_rslora_scale_is_carried_into_the_gguf_lora(tiny, tmp_path):
     model.save_pretrained(tmp_path / "rs")
     r = run_cli("export", tmp_path / "rs", "--out", tmp_path / "out", "--format", "gguf-lora")
     assert r.returncode == 0, r.stderr[-3000:]
-    p = json.loads((tmp_path / "out" / "export_report.json").read_text())["files"]["adapter-f32.gguf"]["parity"]
+    p = json.loads((tmp_path / "out" / EXPORT_REPORT).read_text())["files"]["adapter-f32.gguf"]["parity"]
     assert p["max_abs_diff"] <= 0.5
 
 
@@ -193,7 +194,7 @@ def test_a_full_fine_tune_exports_as_a_whole_model(tiny, tmp_path):
     out = tmp_path / "gguf"
     r = run_cli("export", run, "--out", out, "--quant", "f16")
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "export_report.json").read_text())
+    report = json.loads((out / EXPORT_REPORT).read_text())
     assert report["merge_parity"] is None and report["files"]["model-f16.gguf"]["parity"]["max_kl"] <= 1e-3
     r = call_cli("export", run, "--out", tmp_path / "lora", "--format", "gguf-lora")
     _one_line_error(r, "whole model", "--format gguf")

@@ -7,6 +7,7 @@ import torch
 
 from adapters_helpers import inject_nan, save_plain_peft, train_with_codelora
 from cli_helpers import call_cli, run_cli
+from codelora.io.rundir import MERGE_REPORT
 
 PROMPT = "Write a Python function add2(x) that applies + 2 to x."
 
@@ -36,7 +37,7 @@ def test_merge_of_a_trained_adapter(trained, tiny_model_dir, tmp_path):
     assert "parity gate passed" in r.stderr
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert not list(out.glob("*.bin")) and not (tmp_path / "merged.partial").exists()
-    report = json.loads((out / "merge_report.json").read_text())
+    report = json.loads((out / MERGE_REPORT).read_text())
     assert report["parity"]["finite"] and report["parity"]["max_abs_diff"] <= 1e-3
     assert report["parity"]["positions"] > 100
 
@@ -76,7 +77,7 @@ def test_adapter_written_by_plain_peft_merges(tiny_model_dir, tmp_path):
     adapter = save_plain_peft(tiny_model_dir, tmp_path / "peft-adapter")
     r = run_cli("merge", adapter, "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    report = json.loads((tmp_path / "merged" / MERGE_REPORT).read_text())
     assert report["base_model"]["kind"] == "local" and report["adapter_vs_base"]["max_abs_diff"] > 0.01
 
 
@@ -90,7 +91,7 @@ def test_merge_of_an_adapter_trained_on_the_embedded_model(embedded_adapter, tmp
     run = embedded_adapter
     r = run_cli("merge", run, "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    report = json.loads((tmp_path / "merged" / MERGE_REPORT).read_text())
     assert report["parameters"]["merged"] == report["parameters"]["base"] == 134_515_008
     assert report["parity"]["max_abs_diff"] < 1e-3 and report["adapter_vs_base"]["max_abs_diff"] > 0
     bad = inject_nan(run, tmp_path / "bad")

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from adapters_helpers import save_other_base_model, save_plain_peft
 from codelora.config import EMBEDDED_MODEL
 from codelora.errors import ModelError
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from codelora.models.adapters import base_model_of, check_finite, check_same_base, check_shapes
 from codelora.models.sources import ModelSource
 
@@ -22,9 +23,9 @@ def _local(path) -> ModelSource:
 def test_the_base_of_a_plain_peft_adapter_and_of_a_folder_that_records_none(tiny_model_dir, tmp_path):
     adapter = save_plain_peft(tiny_model_dir, tmp_path / "a")
     assert base_model_of(adapter).name == str(tiny_model_dir)
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
     cfg["base_model_name_or_path"] = None
-    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps(cfg))
     assert base_model_of(adapter).name == EMBEDDED_MODEL  # nothing recorded: the embedded default
     check_same_base(adapter, _local(tmp_path))  # records none: passes here, the shapes decide
 
@@ -42,7 +43,7 @@ def test_an_adapter_of_another_base_is_refused_by_name_and_by_shape(tiny_model_d
 def test_a_nan_in_an_adapter_is_named(tiny_model_dir, tmp_path):
     adapter = save_plain_peft(tiny_model_dir, tmp_path / "a")
     check_finite(adapter)
-    path = adapter / "adapter_model.safetensors"
+    path = adapter / ADAPTER_WEIGHTS
     tensors = load_file(str(path))
     name = sorted(tensors)[0]
     tensors[name][0, 0] = float("nan")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from codelora.config import AUTO_BF16_MIN_SPEEDUP
+from codelora.io.rundir import EVAL_REPORT, EVAL_REPORT_MD, LOSS_LOG, MANIFEST, PRECISION
 from codelora.models.precision import Probe, choose_precision, matmul_shape, probe_matmul
 
 AMX_LIKE = Probe((512, 576, 1536), 300.0, 1900.0)  # measured on an AMX Xeon (2026-12-01)
@@ -75,8 +76,8 @@ def test_bf16_training_agrees_with_fp32(tiny_model_dir, data_file, tmp_path):
     for precision in ("fp32", "bf16"):
         run = train_with_codelora(tiny_model_dir, data_file, tmp_path / precision, steps=20,
                                   extra=("--set", f"train.precision={precision}", "--set", "train.eval_every=10"))
-        logs[precision] = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
-        manifests[precision] = json.loads((run / "manifest.json").read_text())
+        logs[precision] = [json.loads(line) for line in (run / LOSS_LOG).read_text().splitlines()]
+        manifests[precision] = json.loads((run / MANIFEST).read_text())
     train = {k: [e["loss"] for e in v if e["split"] == "train"] for k, v in logs.items()}
     assert len(train["fp32"]) == len(train["bf16"]) == 20
     assert train["fp32"][-1] < train["fp32"][0] - 0.2  # it learned something, so the curves say something
@@ -103,19 +104,19 @@ def test_a_bf16_run_is_evaluated_in_fp32_unless_asked(tiny_model_dir, data_file,
                 "--max-steps", "3", "--set", "train.precision=bf16", "--set", "generate.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "evaluating in fp32 (asked for)" in r.stderr
-    report = json.loads((out / "eval_report.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["precision"] == "bfloat16" and report["precision"]["chosen"] == "fp32"
-    assert "computed in fp32" in (out / "eval_report.md").read_text()
-    assert json.loads((out / "precision.json").read_text()) == manifest["precision_choice"]
+    assert "computed in fp32" in (out / EVAL_REPORT_MD).read_text()
+    assert json.loads((out / PRECISION).read_text()) == manifest["precision_choice"]
     again = run_cli("eval", out, "--max-new-tokens", "8")
     assert again.returncode == 0, again.stderr[-3000:]
-    redo = json.loads((out / "eval_report.json").read_text())
+    redo = json.loads((out / EVAL_REPORT).read_text())
     for name in ("base", "adapter"):
         assert redo["models"][name]["eval_loss"] == pytest.approx(report["models"][name]["eval_loss"], abs=1e-6)
     in_bf16 = run_cli("eval", out, "--max-new-tokens", "8", "--precision", "bf16")
     assert in_bf16.returncode == 0, in_bf16.stderr[-3000:]
-    bf16 = json.loads((out / "eval_report.json").read_text())
+    bf16 = json.loads((out / EVAL_REPORT).read_text())
     assert bf16["precision"]["chosen"] == "bf16"
     for name in ("base", "adapter"):
         a, b = bf16["models"][name]["eval_loss"], report["models"][name]["eval_loss"]

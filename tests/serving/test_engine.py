@@ -8,6 +8,7 @@ import torch
 
 from adapters_helpers import save_other_base_model, save_plain_peft
 from codelora.config import GenerateConfig, ModelConfig
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from codelora.serving.adapter_set import AdapterLoadError
 from codelora.serving.engine import ContextLengthError, Engine, GenerationJob
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
@@ -23,15 +24,15 @@ def registry(tmp_path_factory, tiny_model_dir):
     other = save_other_base_model(tmp_path_factory.mktemp("other_base"))
     save_plain_peft(other, root / "other")
     save_plain_peft(other, root / "unlabelled")
-    cfg = root / "unlabelled" / "adapter_config.json"
+    cfg = root / "unlabelled" / ADAPTER_CONFIG
     cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"base_model_name_or_path": None}))
     save_plain_peft(tiny_model_dir, root / "nan", seed=4)
     from safetensors.torch import load_file, save_file
 
-    weights = load_file(str(root / "nan" / "adapter_model.safetensors"))
+    weights = load_file(str(root / "nan" / ADAPTER_WEIGHTS))
     key = sorted(k for k in weights if "lora_B" in k)[0]
     weights[key][0, 0] = float("nan")
-    save_file(weights, str(root / "nan" / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(weights, str(root / "nan" / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return root
 
 

@@ -5,13 +5,14 @@ import os
 import pytest
 
 from codelora.errors import ModelError
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from codelora.serving.registry import AdapterNameError, AdapterRegistry, UnknownAdapterError
 
 
 def _fake_adapter(path):
     path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text("{}")
-    (path / "adapter_model.safetensors").write_bytes(b"")
+    (path / ADAPTER_CONFIG).write_text("{}")
+    (path / ADAPTER_WEIGHTS).write_bytes(b"")
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
+from codelora.io.rundir import EVAL_REPORT, LOSS_LOG
 
 RUNNER = Path(__file__).parents[1] / "training" / "fault_runner.py"
 TRACKERS = "train.report_to=[tensorboard,mlflow]"
@@ -23,7 +24,7 @@ def train_args(model_dir, data_file, out, *extra):
 
 
 def loss_log(run_dir: Path, split: str) -> list[tuple[int, float]]:
-    entries = [json.loads(line) for line in (run_dir / "loss_log.jsonl").read_text().splitlines()]
+    entries = [json.loads(line) for line in (run_dir / LOSS_LOG).read_text().splitlines()]
     return [(e["step"], e["loss"]) for e in entries if e["split"] == split]
 
 
@@ -62,7 +63,7 @@ def test_run_reports_to_tensorboard_and_mlflow(tiny_model_dir, data_file, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     train, val = loss_log(out, "train"), loss_log(out, "validation")
     assert [s for s, _ in train] == list(range(1, 9)) and [s for s, _ in val] == [0, 3, 6, 8]
-    report = json.loads((out / "eval_report.json").read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
 
     assert_same_values(tensorboard_scalars(out, "train/loss"), train, tol=1e-6)
     assert_same_values(tensorboard_scalars(out, "validation/loss"), val, tol=1e-6)
@@ -80,7 +81,7 @@ def test_run_reports_to_tensorboard_and_mlflow(tiny_model_dir, data_file, tmp_pa
     assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
     assert_same_values(mlflow_history(client, run.info.run_id, "train/loss"), train, tol=0)
     assert_same_values(mlflow_history(client, run.info.run_id, "validation/loss"), val, tol=0)
-    lrs = [e["lr"] for e in map(json.loads, (out / "loss_log.jsonl").read_text().splitlines()) if "lr" in e]
+    lrs = [e["lr"] for e in map(json.loads, (out / LOSS_LOG).read_text().splitlines()) if "lr" in e]
     assert [v for _, v in mlflow_history(client, run.info.run_id, "train/learning_rate")] == lrs
     assert run.data.metrics["eval/adapter/eval_loss"] == report["models"]["adapter"]["eval_loss"]
     assert run.data.metrics["eval/base/bleu"] == report["models"]["base"]["bleu"]

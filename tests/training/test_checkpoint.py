@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from codelora.config import LoraSettings
 from codelora.errors import CodeloraError
+from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, checkpoint_name
 from codelora.models.lora import apply_lora, load_adapter
 from codelora.training.checkpoint import (CheckpointError, find_latest, load_checkpoint, save_checkpoint, verify)
 
@@ -85,7 +86,7 @@ def test_only_the_newest_k_are_kept_and_a_damaged_newest_falls_back(lora_model, 
     for step in (2, 4, 6, 8):
         save_checkpoint(tmp_path, step, lora_model, opt, {}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000006", "step-00000008"]
-    with open(tmp_path / "step-00000008" / "adapter_model.safetensors", "r+b") as f:
+    with open(tmp_path / checkpoint_name(8) / ADAPTER_WEIGHTS, "r+b") as f:
         f.seek(200)
         f.write(b"\xff\xff")  # a flipped byte, same size
     (tmp_path / ".tmp-step-00000010-123").mkdir()  # a write cut off by kill -9
@@ -121,7 +122,7 @@ def test_planted_pickles_are_refused_and_never_run(lora_model, tmp_path, name, w
 def test_a_planted_adapter_bin_is_never_loaded(lora_model, tiny_model_dir, tmp_path):
     path = save_checkpoint(tmp_path / "ckpts", 3, lora_model, one_step(lora_model), {}, keep=2)
     sentinel = tmp_path / "sentinel"
-    (path / "adapter_model.safetensors").unlink()
+    (path / ADAPTER_WEIGHTS).unlink()
     torch.save({"w": Planted(sentinel)}, path / "adapter_model.bin")
     assert find_latest(tmp_path / "ckpts") is None  # the manifest's adapter file is missing
     with pytest.raises(CodeloraError, match="no adapter_model.safetensors; codelora loads adapters only as safetensors"):
@@ -154,7 +155,7 @@ def test_top_k_checkpoint_holds_only_the_trained_weights_and_restores_them(tmp_p
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     set_trainable(model, "top-1", "causal-lm")
     opt = one_step(model)
-    path = save_checkpoint(tmp_path / "checkpoints", 1, model, opt, {"progress": {}}, keep=2)
+    path = save_checkpoint(tmp_path / CHECKPOINTS, 1, model, opt, {"progress": {}}, keep=2)
     ckpt = verify(path)
     assert "trainable.safetensors" in ckpt.files and "adapter_model.safetensors" not in ckpt.files
     from safetensors.torch import load_file

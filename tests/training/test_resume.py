@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, EVAL_REPORT, LOSS_LOG, MANIFEST, checkpoint_name
+
 RUNNER = Path(__file__).with_name("fault_runner.py")
 
 
@@ -36,12 +38,12 @@ def run(args, fault=None, timeout=300):
 
 
 def train_losses(run_dir):
-    entries = [json.loads(line) for line in (run_dir / "loss_log.jsonl").read_text().splitlines()]
+    entries = [json.loads(line) for line in (run_dir / LOSS_LOG).read_text().splitlines()]
     return [(e["step"], e["loss"]) for e in entries if e["split"] == "train"]
 
 
 def assert_same_run(a, b):
-    ta, tb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    ta, tb = load_file(a / ADAPTER_WEIGHTS), load_file(b / ADAPTER_WEIGHTS)
     assert ta.keys() == tb.keys()
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], atol=1e-6, rtol=0, msg=k)
@@ -59,7 +61,7 @@ def reference(tiny_model_dir, tmp_path_factory):
     data = write_jsonl(d / "rows.jsonl", make_rows(40))
     r = run(train_cmd(tiny_model_dir, data, d / "run", save_every=0))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert not (d / "run" / "checkpoints").exists()  # a complete run keeps only its final adapter
+    assert not (d / "run" / CHECKPOINTS).exists()  # a complete run keeps only its final adapter
     return d / "run", data
 
 
@@ -84,9 +86,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(reference, tiny_model_di
     resumed = run([*cmd, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from step-{resumed_from:08d}" in resumed.stderr
-    assert not partial.exists() and not (out / "checkpoints").exists()
+    assert not partial.exists() and not (out / CHECKPOINTS).exists()
     assert_same_run(ref, out)
-    assert json.loads((out / "manifest.json").read_text())["train"]["resumed_from_step"] == resumed_from
+    assert json.loads((out / MANIFEST).read_text())["train"]["resumed_from_step"] == resumed_from
 
 
 def test_a_checkpoint_cut_off_mid_write_is_skipped(reference, tiny_model_dir, tmp_path):
@@ -97,16 +99,16 @@ def test_a_checkpoint_cut_off_mid_write_is_skipped(reference, tiny_model_dir, tm
     # inside the second checkpoint (step 6), after 3 of its files
     killed = run(cmd, fault=f"fsync:{9 + 3}:KILL")
     assert killed.returncode == -9
-    ckpts = tmp_path / "run.partial" / "checkpoints"
+    ckpts = tmp_path / "run.partial" / CHECKPOINTS
     assert [p.name for p in ckpts.iterdir() if p.name.startswith(".tmp-")], list(ckpts.iterdir())
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000003"]
 
     # and a newer checkpoint whose file was damaged after it was written
-    shutil.copytree(ckpts / "step-00000003", ckpts / "step-00000005")
-    manifest = json.loads((ckpts / "step-00000005" / "checkpoint.json").read_text())
+    shutil.copytree(ckpts / checkpoint_name(3), ckpts / checkpoint_name(5))
+    manifest = json.loads((ckpts / checkpoint_name(5) / "checkpoint.json").read_text())
     manifest["step"] = 5
-    (ckpts / "step-00000005" / "checkpoint.json").write_text(json.dumps(manifest))
-    with open(ckpts / "step-00000005" / "optimizer.pt", "r+b") as f:
+    (ckpts / checkpoint_name(5) / "checkpoint.json").write_text(json.dumps(manifest))
+    with open(ckpts / checkpoint_name(5) / "optimizer.pt", "r+b") as f:
         f.truncate(100)
 
     resumed = run([*cmd, "--resume"])
@@ -126,7 +128,7 @@ def test_a_signal_during_a_step_checkpoints_and_exits_0(reference, tiny_model_di
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert f"SIG{sig} received: finishing this step" in stopped.stderr
     assert "stopped by SIG" + sig + " after step 7 of 12" in stopped.stderr and "Traceback" not in stopped.stderr
-    ckpts = tmp_path / "run.partial" / "checkpoints"
+    ckpts = tmp_path / "run.partial" / CHECKPOINTS
     assert [p.name for p in ckpts.iterdir()] == ["step-00000007"]  # the step in flight was finished
     hint = [line for line in stopped.stderr.splitlines() if "resume with:" in line][-1]
     resume_argv = shlex.split(hint.split("resume with: ", 1)[1])
@@ -147,7 +149,7 @@ def test_resume_refuses_changed_settings(reference, tiny_model_dir, tmp_path):
     changed = run([*train_cmd(tiny_model_dir, data, out, 2), "--lr", "1e-3", "--resume"])
     assert changed.returncode == 1
     assert "--resume needs the settings of the interrupted run, but train.lr: 0.005 -> 0.001" in changed.stderr
-    assert (tmp_path / "run.partial" / "checkpoints" / "step-00000002").is_dir()  # still there to resume
+    assert (tmp_path / "run.partial" / CHECKPOINTS / checkpoint_name(2)).is_dir()  # still there to resume
 
 
 def test_disk_full_stops_with_a_clear_message_and_keeps_the_previous_checkpoint(reference, tiny_model_dir, tmp_path):
@@ -176,7 +178,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_the_previous_checkpoint(
 
     from codelora.training.checkpoint import find_latest
 
-    ckpts = saved / "checkpoints"
+    ckpts = saved / CHECKPOINTS
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000002"]  # no partial write left behind
     assert find_latest(ckpts).step == 2
 
@@ -204,7 +206,7 @@ def test_kill_9_and_resume_on_the_embedded_model(shared_head, tmp_path):
     resumed = run([*cmd(tmp_path / "run"), "--resume"], timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step-00000002" in resumed.stderr
-    ta, tb = load_file(tmp_path / "ref" / "adapter_model.safetensors"), load_file(tmp_path / "run" / "adapter_model.safetensors")
+    ta, tb = load_file(tmp_path / "ref" / ADAPTER_WEIGHTS), load_file(tmp_path / "run" / ADAPTER_WEIGHTS)
     assert ta.keys() == tb.keys() and len(ta) == 4 * 30 * 2  # q,k,v,o x 30 layers x (A, B)
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], atol=1e-6, rtol=0, msg=k)
@@ -229,6 +231,6 @@ def test_run_resumes_after_training_was_stopped(reference, tiny_model_dir, tmp_p
     resumed = run(["run", str(config), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step-00000004" in resumed.stderr and "| perplexity |" in resumed.stdout
-    report = json.loads((tmp_path / "run" / "eval_report.json").read_text())
+    report = json.loads((tmp_path / "run" / EVAL_REPORT).read_text())
     assert report["rows_generated"] == 2
     assert [s for s, _ in train_losses(tmp_path / "run")] == list(range(1, 7))

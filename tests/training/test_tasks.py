@@ -6,6 +6,7 @@ import json
 import pytest
 
 from cli_helpers import call_cli, run_cli
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EVAL_REPORT, EVAL_SAMPLES, LABELS, MANIFEST
 from conftest import REPO, make_labeled_rows, write_jsonl
 
 
@@ -18,11 +19,11 @@ def run_and_eval(tmp_path, model_dir, data, *sets, steps=4):
         args += ["--set", s]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "eval_report.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / EVAL_REPORT).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     again = run_cli("eval", out, "--max-new-tokens", "8")  # a fresh process rebuilds the split and the models
     assert again.returncode == 0, again.stderr[-3000:]
-    redo = json.loads((out / "eval_report.json").read_text())
+    redo = json.loads((out / EVAL_REPORT).read_text())
     for name in report["models"]:
         assert redo["models"][name]["eval_loss"] == pytest.approx(report["models"][name]["eval_loss"], abs=1e-5)
     return out, report, manifest
@@ -34,10 +35,10 @@ def test_seq2seq_lora_on_t5(tmp_path, tiny_t5_dir, data_file):
     assert manifest["task"] == "seq2seq" and manifest["method"] == "lora"
     # 2 encoder blocks x 4 + 2 decoder blocks x 8 attention matrices, each 32 x 32, r=4
     assert manifest["parameters"]["trainable"] == 24 * 4 * (32 + 32)
-    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
+    assert json.loads((out / ADAPTER_CONFIG).read_text())["task_type"] == "SEQ_2_SEQ_LM"
     assert report["task"] == "seq2seq" and {"bleu", "rougeL_f1"} <= set(report["models"]["adapter"])
     assert report["models"]["adapter"]["eval_loss"] < report["models"]["base"]["eval_loss"]
-    samples = [json.loads(x) for x in (out / "eval_samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (out / EVAL_SAMPLES).read_text().splitlines()]
     assert len(samples) == report["rows_generated"] and all(isinstance(s["adapter"], str) for s in samples)
 
 
@@ -45,10 +46,10 @@ def test_classification_lora_on_a_labeled_file(tmp_path, tiny_bert_dir):
     data = write_jsonl(tmp_path / "labeled.jsonl", make_labeled_rows(60))
     out, report, manifest = run_and_eval(tmp_path, tiny_bert_dir, data, "model.task=classification",
                                          "lora.target_modules=[query,value]", "lora.r=4", steps=6)
-    assert json.loads((out / "labels.json").read_text()) == ["add", "mul", "sub"]
+    assert json.loads((out / LABELS).read_text()) == ["add", "mul", "sub"]
     # 2 blocks x (query, value), 32 x 32 each, r=4; plus the new 3-way classifier (weight + bias)
     assert manifest["parameters"]["trainable"] == 2 * 2 * 4 * (32 + 32) + 32 * 3 + 3
-    samples = [json.loads(x) for x in (out / "eval_samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (out / EVAL_SAMPLES).read_text().splitlines()]
     assert len(samples) == report["rows_for_loss"] == manifest["data"]["split_sizes"]["test"]
     for name in ("base", "adapter"):  # the reported accuracy is the share of samples predicted right
         right = sum(s[name] == s["label"] for s in samples)
@@ -80,7 +81,7 @@ def test_other_methods_on_a_decoder(tmp_path, tiny_model_dir, data_file, method)
     assert report["method"] == method
     if method == "none":
         assert list(report["models"]) == ["base"] and manifest["train"]["steps"] == 0
-        assert not (out / "model.safetensors").exists() and not (out / "adapter_model.safetensors").exists()
+        assert not (out / "model.safetensors").exists() and not (out / ADAPTER_WEIGHTS).exists()
     else:
         # a whole model, loadable with --model; it learned something in 4 steps at lr 5e-3
         assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -96,14 +97,14 @@ def test_embedded_encoder_learns_the_builtin_category_task(tmp_path, shared_head
     r = run_cli("run", "configs/classify.yaml", "--data", shared_head, "--limit", 160, "--out", out,
                 "--max-steps", 6, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
-    labels = json.loads((out / "labels.json").read_text())
+    labels = json.loads((out / LABELS).read_text())
     assert "other" in labels and labels == sorted(labels)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     # 6 blocks x (query, value), each 384 x 384, r=16; plus the classifier 384 x labels + bias
     assert manifest["parameters"]["trainable"] == 6 * 2 * 16 * (384 + 384) + 384 * len(labels) + len(labels)
-    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
-    report = json.loads((out / "eval_report.json").read_text())
-    samples = [json.loads(x) for x in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert json.loads((out / ADAPTER_CONFIG).read_text())["task_type"] == "SEQ_CLS"
+    report = json.loads((out / EVAL_REPORT).read_text())
+    samples = [json.loads(x) for x in (out / EVAL_SAMPLES).read_text().splitlines()]
     right = sum(s["adapter"] == s["label"] for s in samples)
     assert report["models"]["adapter"]["accuracy"] == pytest.approx(right / len(samples))
 
@@ -113,7 +114,7 @@ def test_embedded_decoder_top_2_is_a_loadable_model(tmp_path, data_file):
     out = tmp_path / "top2"
     r = run_cli("train", "--data", data_file, "--out", out, "--max-steps", 1, "--method", "top-2")
     assert r.returncode == 0, r.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     # SmolLM2 block: q, o 576x576; k, v 576x192; gate, up, down 576x1536; two norms of 576
     block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
     assert manifest["parameters"]["trainable"] == 2 * block + 49152 * 576  # + the tied embedding / head

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from codelora.config_parse import load_config_file, parse_config
-from codelora.io.rundir import staged_run_dir
+from codelora.io.rundir import ADAPTER_WEIGHTS, CONFIG, LOSS_CURVE, LOSS_LOG, MANIFEST, staged_run_dir
 from codelora.training.train import train
 
 RUN_FILES = ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json",
@@ -39,22 +39,22 @@ def test_train_writes_a_complete_run_that_reloads_exactly(tiny_model_dir, data_f
         assert (out / name).is_file(), name
     assert not list(tmp_path.glob("run.partial*"))
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["seed"] == 1 and manifest["model"]["kind"] == "local"
     assert manifest["data"]["rows_used"] == 40 and manifest["data"]["split_sizes"] == {"train": 32, "validation": 4, "test": 4}
     assert len(manifest["data"]["sha256"]) == 64 and manifest["packages"]["peft"]
     assert manifest["parameters"]["trainable"] == 2 * 4 * (128 + 96 + 96 + 128)
-    assert parse_config(load_config_file(out / "config.yaml")) == cfg
+    assert parse_config(load_config_file(out / CONFIG)) == cfg
 
-    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / LOSS_LOG).read_text().splitlines()]
     steps = [e for e in log if e["split"] == "train"]
     assert [e["step"] for e in steps] == list(range(1, 26))
     assert all(e["tokens_per_s"] > 0 for e in steps)
     val = [e["loss"] for e in log if e["split"] == "validation"]
     assert val[-1] < val[0]  # it learned something held out
-    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / LOSS_CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    keys = load_file(out / "adapter_model.safetensors")
+    keys = load_file(out / ADAPTER_WEIGHTS)
     assert keys and all("lora_" in k for k in keys)
 
     ids = torch.tensor([trained.fmt.prompt_ids("Write a Python function add2(x).")])
@@ -74,11 +74,11 @@ def test_same_seed_gives_a_byte_identical_adapter(tiny_model_dir, data_file, tmp
         with staged_run_dir(out) as d:  # dropout on, and a checkpoint, so every RNG use is covered
             train(parse_config({**tiny_config(tiny_model_dir, data_file, out, max_steps=6, save_every=2).to_dict(),
                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}), d)
-        digests.append(hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest())
+        digests.append(hashlib.sha256((out / ADAPTER_WEIGHTS).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     with staged_run_dir(tmp_path / "c") as d:  # and the hash can tell runs apart
         train(tiny_config(tiny_model_dir, data_file, tmp_path / "c", max_steps=6, lr=1e-3), d)
-    assert hashlib.sha256((tmp_path / "c" / "adapter_model.safetensors").read_bytes()).hexdigest() != digests[0]
+    assert hashlib.sha256((tmp_path / "c" / ADAPTER_WEIGHTS).read_bytes()).hexdigest() != digests[0]
 
 
 def test_gradient_accumulation_and_epochs(tiny_model_dir, data_file, tmp_path):
@@ -86,7 +86,7 @@ def test_gradient_accumulation_and_epochs(tiny_model_dir, data_file, tmp_path):
     cfg = tiny_config(tiny_model_dir, data_file, out, max_steps=None, epochs=2, batch_size=4, grad_accum=3)
     with staged_run_dir(out) as d:
         train(cfg, d)
-    stats = json.loads((out / "manifest.json").read_text())["train"]
+    stats = json.loads((out / MANIFEST).read_text())["train"]
     assert stats["steps"] == 2 * 3  # 32 train rows / 4 per batch = 8 batches = 3 windows of <=3, twice
     assert stats["epochs"] == 2.0
 
@@ -110,16 +110,16 @@ def test_two_processes_under_torchrun_write_one_adapter_equal_to_one_process(tin
                           "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "single"]  # one run dir, no leftovers
-    a, b = load_file(tmp_path / "ddp" / "adapter_model.safetensors"), load_file(tmp_path / "single" / "adapter_model.safetensors")
+    a, b = load_file(tmp_path / "ddp" / ADAPTER_WEIGHTS), load_file(tmp_path / "single" / ADAPTER_WEIGHTS)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
-    steps = [json.loads(line) for line in (tmp_path / "ddp" / "loss_log.jsonl").read_text().splitlines()]
-    ref = [json.loads(line) for line in (tmp_path / "single" / "loss_log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (tmp_path / "ddp" / LOSS_LOG).read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "single" / LOSS_LOG).read_text().splitlines()]
     assert [e["step"] for e in steps] == [e["step"] for e in ref]
     for x, y in zip(steps, ref):
         assert abs(x["loss"] - y["loss"]) <= 1e-5 * max(1.0, abs(y["loss"]))
-    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "ddp" / MANIFEST).read_text())
     assert manifest["processes"] == 2 and manifest["precision"] == "float32"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from codelora.errors import DataError, first_line
 from codelora.hub import force_offline, hub_reachable
 from codelora.io.files import describe_os_error
+from codelora.io.rundir import RunDir
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
@@ -38,7 +39,7 @@ class RawRecords:
 
 
 def is_prepared_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "manifest.json").is_file() and all(
+    return path.is_dir() and RunDir(path).is_complete() and all(
         (path / f"{s}.jsonl").is_file() for s in PREPARED_SPLITS)
 
 

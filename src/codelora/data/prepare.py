@@ -12,7 +12,7 @@ from codelora.data.dataset import curate, load_data
 from codelora.data.report import compute_stats, render_report, write_charts
 from codelora.data.split import SPLITS
 from codelora.io.files import sha256_file, write_json_atomic, write_text_atomic
-from codelora.io.rundir import staged_run_dir
+from codelora.io.rundir import MANIFEST, REPORT_MD, staged_run_dir
 
 
 def data_report(cfg: RunConfig, out: str | Path, tokenizer, overwrite: bool = False) -> dict:
@@ -23,7 +23,7 @@ def data_report(cfg: RunConfig, out: str | Path, tokenizer, overwrite: bool = Fa
         stats["tokenizer"] = cfg.model.name
         charts = write_charts(src, stats, d, tok_lens)
         write_json_atomic(d / "stats.json", stats)
-        write_text_atomic(d / "report.md", render_report(stats, charts))
+        write_text_atomic(d / REPORT_MD, render_report(stats, charts))
     say(f"wrote {out}/report.md, stats.json and {len(charts)} charts")
     return stats
 
@@ -68,7 +68,7 @@ def data_prepare(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> di
             "split_report": cur.split_report,
             "config": {"seed": cfg.seed, "data": asdict(cfg.data)},
         }
-        write_json_atomic(d / "manifest.json", manifest)
+        write_json_atomic(d / MANIFEST, manifest)
         write_text_atomic(d / "split_report.md", render_split_report(cur.split_report, cur.drops, src.ref_kind))
     sizes = cur.split_report["split_sizes"]
     say(f"wrote {out}: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']} rows; "

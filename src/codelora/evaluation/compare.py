@@ -25,6 +25,7 @@ from codelora.decoding.gguf_model import GgufModel
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
+from codelora.io.rundir import EVAL_CHART, EVAL_REPORT, EVAL_REPORT_MD, EVAL_SAMPLES
 from codelora.models.loss import validation_loss
 
 METRICS = [  # key, label, higher is better
@@ -129,16 +130,16 @@ def compare_models(candidates, fmt, test_rows, test_examples, cfg: RunConfig, pa
         "precision": precision,  # the PyTorch models' compute precision (eval.precision), with why
         "models": results,
     }
-    write_json_atomic(out_dir / "eval_report.json", report)
-    write_text_atomic(out_dir / "eval_report.md", render_markdown(report))
-    plot_comparison(report, out_dir / "eval_report.png")
+    write_json_atomic(out_dir / EVAL_REPORT, report)
+    write_text_atomic(out_dir / EVAL_REPORT_MD, render_markdown(report))
+    plot_comparison(report, out_dir / EVAL_CHART)
     if classifier:
         samples = [{"text": r["text"], "label": r["label"], **{k: answers[k][i] for k in answers}}
                    for i, r in enumerate(test_rows)]
     else:
         samples = [{"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
                     **{k: answers[k][i] for k in answers}} for i, r in enumerate(test_rows[:n_gen])]
-    write_text_atomic(out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    write_text_atomic(out_dir / EVAL_SAMPLES, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     return report
 
 
@@ -209,6 +210,6 @@ def render_markdown(report: dict) -> str:
             cells += f" | {better}"
         lines.append(f"| {name} | {cells} |")
     times = ", ".join(f"{t} {models[n]['seconds']} s" for n, t in shown)
-    lines += ["", f"Time: {times}. {'Predictions' if classifier else 'Answers'} side by side: eval_samples.jsonl.",
-              "", "![evaluation](eval_report.png)", ""]
+    lines += ["", f"Time: {times}. {'Predictions' if classifier else 'Answers'} side by side: {EVAL_SAMPLES}.",
+              "", f"![evaluation]({EVAL_CHART})", ""]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from codelora.evaluation.execution import Task, TaskResult, execute, load_comple
 from codelora.evaluation.sandbox import Limits, isolation
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
+from codelora.io.rundir import EXEC_ANSWERS, EXEC_CHART, EXEC_REPORT, EXEC_REPORT_MD, exec_samples
 
 EXECUTION_FLAG_MESSAGE = (
     "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "
@@ -141,13 +142,13 @@ def _report(entries: dict, tasks: list[Task], limits: Limits, seconds: float) ->
 
 def _write(report: dict, results: dict[str, list[TaskResult]], out: Path, answers: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "exec_report.json", report)
-    write_text_atomic(out / "exec_report.md", render_exec_markdown(report))
-    plot_pass_at_1(report, out / "exec_pass_at_1.png")
+    write_json_atomic(out / EXEC_REPORT, report)
+    write_text_atomic(out / EXEC_REPORT_MD, render_exec_markdown(report))
+    plot_pass_at_1(report, out / EXEC_CHART)
     for name, res in results.items():
-        write_text_atomic(out / f"exec_samples_{name}.jsonl", results_to_jsonl(res))
+        write_text_atomic(out / exec_samples(name), results_to_jsonl(res))
     if answers:
-        write_text_atomic(out / "exec_answers.json", json.dumps(answers, indent=1, ensure_ascii=False))
+        write_text_atomic(out / EXEC_ANSWERS, json.dumps(answers, indent=1, ensure_ascii=False))
 
 
 def render_exec_markdown(report: dict) -> str:

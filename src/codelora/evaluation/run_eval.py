@@ -14,6 +14,7 @@ from codelora.console import say
 from codelora.data.dataset import load_task_data, prepare_data, task_format
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
+from codelora.io.rundir import LABELS, MANIFEST, RunDir
 from codelora.models.lora import load_adapter
 from codelora.models.precision import Precision, precision_for
 from codelora.models.sources import load_base, pick_device
@@ -51,19 +52,19 @@ def evaluate_trained(trained, cfg: RunConfig) -> dict:
 def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None, ggufs: list[str] = ()) -> dict:
     """Evaluate a finished run again; `overrides` are dotted config fields (e.g. {"eval.limit": 5});
     `ggufs`: exported GGUF files evaluated beside it in llama.cpp (same rows, same metrics)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.has_config():
         raise CodeloraError(f"{run_dir} is not a codelora run directory (config.yaml is missing)")
-    data = load_config_file(run_dir / "config.yaml")
+    data = load_config_file(run.config)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     cfg = parse_config(data)
     device = pick_device(cfg.train.device)
     method, task = cfg.train.method, cfg.model.task
     loaded = load_task_data(cfg.data, task)
-    labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
-    manifest = run_dir / "manifest.json"
-    trained = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    labels = json.loads((run / LABELS).read_text()) if task == "classification" else None
+    trained = run.read_json(MANIFEST) or {}
     precision = precision_for(cfg.eval.precision, cfg.model, device)
     base, tokenizer, _ = seeded_base(cfg, device, labels, precision)
     fmt = task_format(task, tokenizer, labels)

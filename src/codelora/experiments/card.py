@@ -17,6 +17,7 @@ from codelora.config_parse import load_config_file, parse_config
 from codelora.data.load import is_hub_dataset
 from codelora.data.prompts import PLAIN_TEMPLATE
 from codelora.io.files import write_text_atomic
+from codelora.io.rundir import CONFIG, EVAL_REPORT, EXEC_REPORT, MANIFEST, MODEL_CARD
 
 PIPELINES = {"causal-lm": "text-generation", "seq2seq": "text2text-generation", "classification": "text-classification"}
 EMBEDDED_LICENSE = "apache-2.0"  # SmolLM2 and all-MiniLM-L6-v2
@@ -39,9 +40,9 @@ def write_model_card(run_dir: Path, name: str) -> Path:
     """Write run_dir/README.md from its config.yaml, manifest.json and reports; returns its path."""
     from huggingface_hub import ModelCard
 
-    cfg = parse_config(load_config_file(run_dir / "config.yaml"))
-    manifest = _read_json(run_dir / "manifest.json") or {}
-    report, exec_report = _read_json(run_dir / "eval_report.json"), _read_json(run_dir / "exec_report.json")
+    cfg = parse_config(load_config_file(run_dir / CONFIG))
+    manifest = _read_json(run_dir / MANIFEST) or {}
+    report, exec_report = _read_json(run_dir / EVAL_REPORT), _read_json(run_dir / EXEC_REPORT)
     data = card_data(cfg, manifest, report, exec_report, name)
     body = "\n".join([
         f"# {name}", "",
@@ -51,7 +52,7 @@ def write_model_card(run_dir: Path, name: str) -> Path:
         *usage_section(cfg, manifest, name), "", *limits_section(cfg), "",
     ])
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    path = run_dir / "README.md"
+    path = run_dir / MODEL_CARD
     write_text_atomic(path, str(card))
     return path
 

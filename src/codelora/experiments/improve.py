@@ -24,7 +24,6 @@ import difflib
 import glob
 import json
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,14 +32,17 @@ from codelora.config_parse import load_config_file, parse_config, parse_improve_
 from codelora.console import say
 from codelora.data.clean import extract_code
 from codelora.decoding.generate import generate_answers
-from codelora.errors import CodeloraError, ConfigError
+from codelora.errors import ConfigError
 from codelora.evaluation.exec_eval import evaluate_models, load_suite, require_execution_flag
 from codelora.evaluation.execution import Task, execute, load_tasks_file, pass_at_k
 from codelora.evaluation.sandbox import Limits
 from codelora.io.files import write_json_atomic, write_text_atomic
-from codelora.io.rundir import has_checkpoint, partial_dir
+from codelora.io.rundir import (EXEC_REPORT, MANIFEST, REPORT, REPORT_MD, ChunkedStage, RunDir, continued_dir,
+                                has_checkpoint, partial_dir, stage_seconds, staged_run_dir)
 
 CONFIG_NAME = "improve.yaml"
+PASSED = "passed.json"  # exec/: task_id -> passed per answer
+TRAINING = "training.json"  # a round with no passing answer: why its model is the previous one
 
 
 @dataclass
@@ -86,10 +88,11 @@ def set_up(cfg: ImproveConfig, overwrite: bool) -> Plan:
     out = Path(cfg.out)
     start = Path(cfg.start) if cfg.start else None
     if start is not None:
-        if not (start / "config.yaml").is_file() or not (start / "adapter_config.json").is_file():
+        run = RunDir(start)
+        if not run.has_config() or not run.adapter_config.is_file():
             raise ConfigError(f"improve.start: {start} is not a LoRA run directory of codelora (config.yaml and "
                               f"adapter_config.json are needed)")
-        run_cfg = load_config_file(start / "config.yaml")
+        run_cfg = load_config_file(run.config)
     else:
         run_cfg = load_config_file(cfg.run_config)
     method = (run_cfg.get("train") or {}).get("method", "lora")
@@ -113,36 +116,20 @@ def set_up(cfg: ImproveConfig, overwrite: bool) -> Plan:
     plan = Plan(cfg, out, run_cfg, str(start) if start else None, tasks, heldout,
                 [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)])
     parse_config(_round_config(plan, 1, plan.start_adapter, out / "check"))  # a bad `set` fails now
-    _claim(out, cfg, overwrite)
+    if continued_dir(out, CONFIG_NAME, _settings(cfg), overwrite, "an improve run"):  # other settings: --overwrite
+        say(f"improve: continuing {out}")
     say(f"improve: {len(tasks)} training tasks from {len(files)} file(s), held-out {', '.join(heldout)}, "
         f"{cfg.rounds} round(s) from {start or 'the base model ' + str((run_cfg.get('model') or {}).get('name'))}")
     return plan
 
 
-def _claim(out: Path, cfg: ImproveConfig, overwrite: bool) -> None:
-    """A new improve directory, or the same config continued; another config needs --overwrite."""
+def _settings(cfg: ImproveConfig) -> str:
+    """The config as kept in OUT/improve.yaml: rerunning with the same one continues the run."""
     import dataclasses
-    import shutil
 
     import yaml
 
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    existing = out / CONFIG_NAME
-    if existing.is_file() and existing.read_text(encoding="utf-8") != text:
-        if not overwrite:
-            raise CodeloraError(f"{out} holds an improve run with other settings; pass --overwrite to start over "
-                                f"or choose another out")
-        shutil.rmtree(out)
-    elif out.exists() and not existing.is_file() and any(out.iterdir()):
-        if not overwrite:
-            raise CodeloraError(f"output directory {out} already exists and is not empty; pass --overwrite or "
-                                f"choose another out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not existing.is_file():
-        write_text_atomic(existing, text)
-    elif existing.is_file():
-        say(f"improve: continuing {out}")
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def _model_cfg(plan: Plan):
@@ -173,26 +160,25 @@ def sample(plan: Plan, r: int | str, adapter: str | None) -> dict[str, list[str]
     done = d / "samples.json"
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
-    d.mkdir(parents=True, exist_ok=True)
-    cfg, k = plan.cfg, plan.cfg.samples
-    gen = cfg.generate
-    todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
-    if todo:
-        model, fmt, device = _load(plan, adapter, cfg.sample_precision)
-        for n, i in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            questions = [t.instruction for t in plan.chunks[i] for _ in range(k)]
-            answers = generate_answers(model, fmt, questions, gen, cfg.eval.batch_size, device, seed=_seed(plan, r, i),
-                                       progress_desc=f"{_name(r)}: sampling chunk {n}/{len(todo)}")
-            write_json_atomic(d / f"chunk-{i:04d}.json",
-                              {t.task_id: answers[j * k:(j + 1) * k] for j, t in enumerate(plan.chunks[i])})
-            _add_seconds(d, "sampling", time.perf_counter() - t0)  # per chunk: a killed attempt's chunks count
-        del model
-    out = {}
-    for i in range(len(plan.chunks)):
-        out |= json.loads((d / f"chunk-{i:04d}.json").read_text(encoding="utf-8"))
+    stage = ChunkedStage(d, len(plan.chunks), "sampling")
+    out = _sample_chunks(plan, r, adapter, stage) if stage.pending() else stage.merged()
     write_json_atomic(done, out)
     return out
+
+
+def _sample_chunks(plan: Plan, r: int | str, adapter: str | None, stage: ChunkedStage) -> dict[str, list[str]]:
+    """The pending chunks of sampling; the model is loaded once for them (model loading not timed)."""
+    cfg, k = plan.cfg, plan.cfg.samples
+    gen = cfg.generate
+    model, fmt, device = _load(plan, adapter, cfg.sample_precision)
+
+    def chunk(i: int, progress: str) -> dict[str, list[str]]:
+        questions = [t.instruction for t in plan.chunks[i] for _ in range(k)]
+        answers = generate_answers(model, fmt, questions, gen, cfg.eval.batch_size, device, seed=_seed(plan, r, i),
+                                   progress_desc=f"{_name(r)}: sampling {progress}")
+        return {t.task_id: answers[j * k:(j + 1) * k] for j, t in enumerate(plan.chunks[i])}
+
+    return stage.run(chunk)  # the model is freed on return, before the sandbox runs
 
 
 def _seed(plan: Plan, r: int | str, chunk: int) -> int:
@@ -204,32 +190,19 @@ def _name(r: int | str) -> str:
     return r if isinstance(r, str) else f"round {r}"
 
 
-def _add_seconds(d: Path, what: str, seconds: float) -> None:
-    """Time spent in a stage, summed chunk by chunk over interrupted attempts (model loading not counted)."""
-    path = d / "seconds.json"
-    times = json.loads(path.read_text()) if path.is_file() else {}
-    times[what] = round(times.get(what, 0.0) + seconds, 1)
-    write_json_atomic(path, times)
-
-
 def run_answers(plan: Plan, r: int | str, answers: dict[str, list[str]]) -> dict[str, list[bool]]:
     """Each answer in the sandbox; task_id -> passed per answer."""
     d = plan.round_dir(r) / "exec"
-    done = d / "passed.json"
+    done = d / PASSED
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
-    d.mkdir(parents=True, exist_ok=True)
     limits = Limits.of(plan.cfg.eval)
-    todo = [i for i in range(len(plan.chunks)) if not (d / f"chunk-{i:04d}.json").is_file()]
-    for n, i in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        results = execute(plan.chunks[i], answers, limits, from_chat=True,
-                          desc=f"{_name(r)}: running chunk {n}/{len(todo)}")
-        write_json_atomic(d / f"chunk-{i:04d}.json", {res.task_id: [o.status for o in res.outcomes] for res in results})
-        _add_seconds(d, "execution", time.perf_counter() - t0)
-    statuses = {}
-    for i in range(len(plan.chunks)):
-        statuses |= json.loads((d / f"chunk-{i:04d}.json").read_text(encoding="utf-8"))
+
+    def chunk(i: int, progress: str) -> dict[str, list[str]]:
+        results = execute(plan.chunks[i], answers, limits, from_chat=True, desc=f"{_name(r)}: running {progress}")
+        return {res.task_id: [o.status for o in res.outcomes] for res in results}
+
+    statuses = ChunkedStage(d, len(plan.chunks), "execution").run(chunk)
     passed = {tid: [s == "passed" for s in v] for tid, v in statuses.items()}
     write_json_atomic(d / "statuses.json", statuses)
     write_json_atomic(done, passed)
@@ -303,18 +276,18 @@ def fine_tune(plan: Plan, r: int, adapter: str | None, pairs: list[dict]) -> str
 
     d = plan.round_dir(r)
     target = d / "adapter"
-    if (target / "manifest.json").is_file():
+    if RunDir(target).is_complete():
         return str(target)
     if not pairs:
         say(f"round {r}: no answer passed its tests; nothing to train on, the model stays as it was")
-        write_json_atomic(d / "training.json", {"pairs": 0, "original_rows": 0, "trained": False})
+        write_json_atomic(d / TRAINING, {"pairs": 0, "original_rows": 0, "trained": False})
         return adapter
     data_dir = d / "data"
-    if not (data_dir / "manifest.json").is_file():
+    if not RunDir(data_dir).is_complete():
         _write_round_data(plan, r, pairs, data_dir)
     cfg = parse_config(_round_config(plan, r, adapter, target))
     resume = has_checkpoint(partial_dir(target))
-    say(f"round {r}: training on {json.loads((data_dir / 'manifest.json').read_text())['splits']['train']['rows']} "
+    say(f"round {r}: training on {RunDir(data_dir).read_manifest()['splits']['train']['rows']} "
         f"rows{' (resuming)' if resume else ''} ...")
     run(cfg, RunOptions(evaluate=False, overwrite=True, resume=resume))
     return str(target)
@@ -323,8 +296,6 @@ def fine_tune(plan: Plan, r: int, adapter: str | None, pairs: list[dict]) -> str
 def _write_round_data(plan: Plan, r: int, pairs: list[dict], data_dir: Path) -> None:
     """A prepared dataset (the format of `codelora data prepare`): train = passing answers + a share
     of the original train rows; validation = the original validation rows (unchanged every round)."""
-    import shutil
-
     cfg = plan.cfg
     original = _original_splits(plan)
     share = cfg.original_share
@@ -334,19 +305,15 @@ def _write_round_data(plan: Plan, r: int, pairs: list[dict], data_dir: Path) -> 
             [{k: row[k] for k in ("instruction", "input", "output")} for row in mix]
     random.Random(cfg.seed * 7919 + r).shuffle(train)
     validation = [{k: row[k] for k in ("instruction", "input", "output")} for row in original["validation"]]
-    tmp = data_dir.with_name(data_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     splits = {"train": train, "validation": validation, "test": []}
-    for split, rows in splits.items():
-        write_text_atomic(tmp / f"{split}.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
-    write_json_atomic(tmp / "pairs.json", pairs)
-    write_json_atomic(tmp / "manifest.json", {
-        "source": f"codelora improve round {r}", "pairs": len(pairs), "original_rows": n_orig,
-        "tasks_with_pairs": len({p["task_id"] for p in pairs}),
-        "splits": {s: {"rows": len(v)} for s, v in splits.items()}})
-    shutil.rmtree(data_dir, ignore_errors=True)
-    tmp.rename(data_dir)
+    with staged_run_dir(data_dir, overwrite=True) as tmp:  # an earlier attempt cut off before its manifest: redone
+        for split, rows in splits.items():
+            write_text_atomic(tmp / f"{split}.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+        write_json_atomic(tmp / "pairs.json", pairs)
+        write_json_atomic(tmp / MANIFEST, {
+            "source": f"codelora improve round {r}", "pairs": len(pairs), "original_rows": n_orig,
+            "tasks_with_pairs": len({p["task_id"] for p in pairs}),
+            "splits": {s: {"rows": len(v)} for s, v in splits.items()}})
 
 
 # --- evaluation and report --------------------------------------------------------------------
@@ -360,7 +327,7 @@ def evaluate_round(plan: Plan, r: int, adapter: str | None) -> None:
     model_cfg = _model_cfg(plan)
     for name, tasks in plan.heldout.items():
         out = plan.round_dir(r) / "eval" / name
-        if (out / "exec_report.json").is_file():
+        if (out / EXEC_REPORT).is_file():
             continue
         if r > 0 and adapter == _previous_adapter(plan, r):  # not trained this round: same scores
             continue
@@ -372,14 +339,14 @@ def evaluate_round(plan: Plan, r: int, adapter: str | None) -> None:
 
 def _previous_adapter(plan: Plan, r: int) -> str | None:
     for q in range(r - 1, 0, -1):
-        if (plan.round_dir(q) / "adapter" / "manifest.json").is_file():
+        if RunDir(plan.round_dir(q) / "adapter").is_complete():
             return str(plan.round_dir(q) / "adapter")
     return plan.start_adapter
 
 
 def _sampled(plan: Plan, r: int | str) -> dict | None:
     """pass@1 (at temperature T) and pass@k on the training tasks from round r's samples."""
-    path = plan.round_dir(r) / "exec" / "passed.json"
+    path = plan.round_dir(r) / "exec" / PASSED
     if not path.is_file():
         return None
     passed = json.loads(path.read_text())
@@ -402,7 +369,7 @@ def write_report(plan: Plan) -> dict:
         for name in models:
             entry = {"round": r, "model": name, "heldout": {}}
             for suite in plan.heldout:
-                report = d / "eval" / suite / "exec_report.json"
+                report = d / "eval" / suite / EXEC_REPORT
                 if report.is_file():
                     m = json.loads(report.read_text())["models"].get(name)
                     if m:
@@ -416,8 +383,8 @@ def write_report(plan: Plan) -> dict:
             rows.append(entry)
     report = {"config": asdict(plan.cfg), "start": plan.start_adapter,
               "train_tasks": len(plan.tasks), "heldout": {k: len(v) for k, v in plan.heldout.items()}, "rows": rows}
-    write_json_atomic(plan.out / "report.json", report)
-    write_text_atomic(plan.out / "report.md", render_markdown(report))
+    write_json_atomic(plan.out / REPORT, report)
+    write_text_atomic(plan.out / REPORT_MD, render_markdown(report))
     plot_rounds(report, plan.out / "pass_at_1.png")
     return report
 
@@ -426,19 +393,17 @@ def _training_facts(plan: Plan, r: int) -> dict:
     d = plan.round_dir(r)
     facts: dict = {}
     for what in ("samples", "exec"):
-        path = d / what / "seconds.json"
-        if path.is_file():
-            facts |= {f"{k}_seconds": v for k, v in json.loads(path.read_text()).items()}
-    data = d / "data" / "manifest.json"
-    if data.is_file():
-        m = json.loads(data.read_text())
+        facts |= {f"{k}_seconds": v for k, v in stage_seconds(d / what).items()}
+    data = RunDir(d / "data")
+    if data.is_complete():
+        m = data.read_manifest()
         facts |= {"pairs": m["pairs"], "tasks_with_pairs": m["tasks_with_pairs"], "original_rows": m["original_rows"]}
-    manifest = d / "adapter" / "manifest.json"
-    if manifest.is_file():
-        t = json.loads(manifest.read_text())["train"]
+    adapter = RunDir(d / "adapter")
+    if adapter.is_complete():
+        t = adapter.read_manifest()["train"]
         facts |= {"train_seconds": t["seconds"], "train_steps": t["steps"], "train_tokens_per_s": t["tokens_per_s"]}
-    elif (d / "training.json").is_file():
-        facts |= json.loads((d / "training.json").read_text())
+    elif (d / TRAINING).is_file():
+        facts |= json.loads((d / TRAINING).read_text())
     return facts
 
 

@@ -12,7 +12,6 @@ SIGTERM or Ctrl-C) leaves `OUT.partial/` with a checkpoint for `resume`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from codelora.console import say
 from codelora.errors import CodeloraError, TrainingStopped
 from codelora.experiments.card import write_model_card
 from codelora.tracking import Trackers, open_trackers
-from codelora.io.rundir import partial_dir, staged_run_dir
+from codelora.io.rundir import RunDir, partial_dir, staged_run_dir
 
 
 @dataclass
@@ -56,7 +55,7 @@ def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
         except TrainingStopped:
             pass
         return RunResult(None)
-    if opts.resume and (Path(cfg.out) / "manifest.json").is_file() and not partial.exists():
+    if opts.resume and RunDir(cfg.out).is_complete() and not partial.exists():
         say(f"{cfg.out} is already complete; nothing to resume")
         return RunResult(None)
     tasks = _execution_tasks(cfg, opts) if opts.evaluate else None  # fail before training, not after
@@ -96,7 +95,7 @@ def reporting(trackers: Trackers):
 
 
 def _last_step(run_dir: Path) -> int:
-    return json.loads((run_dir / "manifest.json").read_text())["train"]["steps"]
+    return RunDir(run_dir).read_manifest()["train"]["steps"]
 
 
 def _execution_tasks(cfg: RunConfig, opts: RunOptions):

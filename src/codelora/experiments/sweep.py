@@ -36,6 +36,7 @@ from codelora.config import TrainConfig
 from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import progress
 from codelora.errors import ConfigError, CodeloraError
+from codelora.io.rundir import EVAL_REPORT, RunDir, partial_dir
 
 SWEEP_KEYS = {"out", "base", "set", "grid", "cells", "x"}
 METRICS = ("eval_loss", "bleu", "rougeL_f1", "syntax_valid", "accuracy", "macro_f1")  # absent ones stay empty
@@ -121,13 +122,11 @@ def cell_config(sweep: Sweep, cell: Cell) -> dict[str, Any]:
 
 
 def is_done(run_dir: Path) -> bool:
-    return (run_dir / "manifest.json").is_file() and (run_dir / "eval_report.json").is_file()
+    return RunDir(run_dir).is_complete() and (run_dir / EVAL_REPORT).is_file()
 
 
 def run_sweep(path: str | Path, say=print) -> Sweep:
     """Run every unfinished cell, then write the table and plots. Returns the sweep with results."""
-    from codelora.io.rundir import partial_dir
-
     sweep = load_sweep(path)
     (sweep.out / "cells").mkdir(parents=True, exist_ok=True)
     failed = []
@@ -194,8 +193,8 @@ def _get(data: dict, dotted: str):
 
 def collect(sweep: Sweep, cell: Cell) -> dict:
     run_dir = cell_dir(sweep, cell)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    report = json.loads((run_dir / "eval_report.json").read_text())
+    manifest = RunDir(run_dir).read_manifest()
+    report = json.loads((run_dir / EVAL_REPORT).read_text())
     row = {"cell": cell.name}
     for key, value in cell.overrides.items():
         row[key] = ",".join(map(str, value)) if isinstance(value, list) else value

@@ -28,7 +28,7 @@ from codelora.export.modelfile import modelfile
 from codelora.export.parity import Reference, check_file, verdict
 from codelora.export.quantize import quantize
 from codelora.io.files import write_json_atomic, write_text_atomic
-from codelora.io.rundir import staged_run_dir
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_REPORT, RunDir, staged_run_dir
 
 
 def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bool = False) -> dict:
@@ -54,7 +54,7 @@ def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bo
             else:
                 report = _export_lora(run_dir, staged, ec, dev, stage)
             report["seconds"] = round(time.perf_counter() - t0, 1)
-            write_json_atomic(staged / "export_report.json", report)
+            write_json_atomic(staged / EXPORT_REPORT, report)
     for name, f in report["files"].items():
         p = f.get("parity")
         figures = "" if p is None else (f": top-1 agreement {p['top1_agreement']:.3f}, mean KL {p['mean_kl']:.2e}, "
@@ -88,13 +88,13 @@ def _run_kind(run_dir: Path, ec: ExportConfig) -> str:
 
     if not run_dir.is_dir():
         raise ExportError(f"run directory not found: {run_dir}")
-    if (run_dir / "adapter_config.json").is_file():
+    if RunDir(run_dir).adapter_config.is_file():
         kind = "adapter"
     elif (run_dir / "config.json").is_file():
         kind = "model"
     else:
         raise ExportError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json)")
-    task = base_model_of(run_dir).task if kind == "adapter" or (run_dir / "config.yaml").is_file() else "causal-lm"
+    task = base_model_of(run_dir).task if kind == "adapter" or RunDir(run_dir).has_config() else "causal-lm"
     if task != "causal-lm":
         raise ExportError(f"{run_dir} was trained with model.task={task}; GGUF export is for causal language models")
     if ec.format == "gguf-lora" and kind != "adapter":
@@ -207,7 +207,7 @@ def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str, stage)
 
 def _lora_config(run_dir: Path) -> dict:
     """The adapter's config, refusing what llama.cpp's LoRA format cannot express."""
-    cfg = json.loads((run_dir / "adapter_config.json").read_text())
+    cfg = json.loads(RunDir(run_dir).adapter_config.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ExportError(f"{run_dir} is a {cfg['peft_type']} adapter; GGUF LoRA holds LoRA only: use --format gguf")
     for key, why in (("use_dora", "DoRA's magnitude vectors"), ("rank_pattern", "per-module ranks"),
@@ -222,10 +222,10 @@ def _llama_cpp_adapter(run_dir: Path, cfg: dict, to: Path) -> Path:
     """A copy of the adapter folder llama.cpp reads right: it scales by alpha / r, so an rsLoRA
     adapter (scale alpha / sqrt(r)) gets alpha * sqrt(r) (Ollama has no scale to set)."""
     to.mkdir()
-    shutil.copy2(run_dir / "adapter_model.safetensors", to / "adapter_model.safetensors")
+    shutil.copy2(run_dir / ADAPTER_WEIGHTS, to / ADAPTER_WEIGHTS)
     if cfg.get("use_rslora"):
         cfg = {**cfg, "lora_alpha": cfg["lora_alpha"] * math.sqrt(cfg["r"]), "use_rslora": False}
-    (to / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    (to / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2))
     return to
 
 

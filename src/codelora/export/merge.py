@@ -85,7 +85,7 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
     """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
     from codelora.console import say
     from codelora.io.files import write_json_atomic
-    from codelora.io.rundir import staged_run_dir
+    from codelora.io.rundir import MERGE_REPORT, staged_run_dir
     from codelora.models.lora import check_adapter_dir
     from codelora.models.sources import pick_device
 
@@ -100,7 +100,7 @@ def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, o
         stage("saving")
         with staged_run_dir(out, overwrite=overwrite) as staged:
             save_model(m.model, m.tokenizer, staged, name_or_path=str(out))
-            write_json_atomic(staged / "merge_report.json", m.report)
+            write_json_atomic(staged / MERGE_REPORT, m.report)
     say(f"merged model ({m.report['parameters']['merged']:,} parameters, same as the base) written to {out}; "
         f"use it with --model {out}")
     return m.report

@@ -16,12 +16,13 @@ from pathlib import Path
 from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig
 from codelora.config_parse import load_config_file, parse_config
 from codelora.errors import ModelError
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG, MANIFEST
 
 
 def base_model_of(adapter_dir: Path) -> ModelConfig:
     """The base model an adapter was trained on: the run's model section (name, revision,
     trust_remote_code), else peft's adapter_config.json, else the embedded model."""
-    run_config = adapter_dir / "config.yaml"
+    run_config = adapter_dir / CONFIG
     if run_config.is_file():
         return parse_config(load_config_file(run_config)).model
     name = _peft_base_name(adapter_dir)
@@ -32,7 +33,7 @@ def base_model_of(adapter_dir: Path) -> ModelConfig:
 
 def _peft_base_name(adapter_dir: Path) -> str | None:
     try:
-        return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or None
+        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or None
     except (OSError, ValueError):
         return None
 
@@ -65,7 +66,7 @@ def identity_of_source(source) -> str:
 
 def adapter_base_identity(adapter_dir: Path) -> str | None:
     """Identity of the base an adapter was trained on, or None when it records none."""
-    manifest = adapter_dir / "manifest.json"
+    manifest = adapter_dir / MANIFEST
     if manifest.is_file():
         try:
             model = json.loads(manifest.read_text()).get("model") or {}
@@ -78,7 +79,7 @@ def adapter_base_identity(adapter_dir: Path) -> str | None:
             return identity_of_name(path)
         if kind == "hub" and model.get("name"):
             return f"hub:{model['name']}"
-    if (adapter_dir / "config.yaml").is_file():
+    if (adapter_dir / CONFIG).is_file():
         return identity_of_name(base_model_of(adapter_dir).name)
     name = _peft_base_name(adapter_dir)
     return identity_of_name(name) if name else None
@@ -104,7 +105,7 @@ def check_finite(adapter_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    for name, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+    for name, t in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items():
         if t.is_floating_point():
             bad = (~torch.isfinite(t)).sum().item()
             if bad:
@@ -118,7 +119,7 @@ def check_shapes(adapter_dir: Path, base_model, label: str | None = None) -> Non
     from safetensors import safe_open
 
     modules = dict(base_model.named_modules())
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
         for key in f.keys():
             for part, dim in ((".lora_A.", 1), (".lora_B.", 0)):
                 if part not in key:

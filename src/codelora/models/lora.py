@@ -6,6 +6,7 @@ from pathlib import Path
 
 from codelora.config import LoraSettings
 from codelora.errors import ConfigError, ModelError, first_line
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir
 
 
 PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": "SEQ_CLS"}
@@ -84,13 +85,13 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False, adapte
 
 def is_adapter_dir(path: Path) -> bool:
     """A peft adapter folder in the form codelora loads: config plus safetensors weights."""
-    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+    return RunDir(path).has_adapter()
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     d = Path(adapter_dir)
-    if not (d / "adapter_config.json").is_file():
+    if not (d / ADAPTER_CONFIG).is_file():
         raise ModelError(f"{d} holds no adapter (adapter_config.json is missing); pass a run directory of codelora train")
-    if not (d / "adapter_model.safetensors").is_file():
+    if not (d / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"{d} has no adapter_model.safetensors; codelora loads adapters only as safetensors")
     return d

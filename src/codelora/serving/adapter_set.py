@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codelora.errors import CodeloraError, ModelError
+from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from codelora.models.adapters import check_finite, check_same_base, check_shapes
 from codelora.serving.registry import AdapterEntry, AdapterRegistry, UnknownAdapterError
 
@@ -109,7 +110,7 @@ class AdapterSet:
 
 def _adapter_info(path: Path) -> dict:
     try:
-        cfg = json.loads((path / "adapter_config.json").read_text())
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError):
         cfg = {}
     targets = cfg.get("target_modules")
@@ -117,7 +118,7 @@ def _adapter_info(path: Path) -> dict:
         "r": cfg.get("r"),
         "alpha": cfg.get("lora_alpha"),
         "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-        "size_bytes": (path / "adapter_model.safetensors").stat().st_size,
+        "size_bytes": (path / ADAPTER_WEIGHTS).stat().st_size,
         "base_model": cfg.get("base_model_name_or_path"),
         "dora": bool(cfg.get("use_dora")),
     }

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 from codelora.io.files import write_json_atomic
-
-STATE_FILE = "trackers.json"
+from codelora.io.rundir import TRACKERS
 
 
 def read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
+    path = run_dir / TRACKERS
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
@@ -20,4 +19,4 @@ def read_state(run_dir: Path) -> dict:
 
 
 def write_state(run_dir: Path, key: str, value: dict) -> None:
-    write_json_atomic(run_dir / STATE_FILE, read_state(run_dir) | {key: value})
+    write_json_atomic(run_dir / TRACKERS, read_state(run_dir) | {key: value})

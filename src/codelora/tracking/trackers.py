@@ -15,7 +15,7 @@ from typing import Protocol
 from codelora.config import RunConfig
 from codelora.config_parse import flatten_config
 from codelora.errors import ConfigError
-from codelora.tracking.state import STATE_FILE
+from codelora.io.rundir import CHECKPOINTS, LOCK, TRACKERS
 
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # tracker -> the codelora extra that installs it
 # the metrics that TensorBoard's hparams view shows beside the config
@@ -92,7 +92,7 @@ def evaluation_metrics(report: dict | None, exec_report: dict | None) -> dict[st
 def artifact_files(run_dir: Path) -> list[Path]:
     """What a run leaves for others: weights, configs, reports, charts, logs; not its checkpoints,
     the TensorBoard event files or the tracker state."""
-    skip = {"checkpoints", ".lock", STATE_FILE}
+    skip = {CHECKPOINTS, LOCK, TRACKERS}
     return sorted(p for p in run_dir.iterdir()
                   if p.name not in skip and not p.name.startswith("events.out.tfevents."))
 

@@ -31,10 +31,10 @@ import torch
 from codelora.console import say
 from codelora.errors import CodeloraError
 from codelora.io.files import describe_os_error, sha256_file
+from codelora.io.rundir import ADAPTER_FILES, ADAPTER_WEIGHTS, MODEL_CARD, checkpoint_name, step_dirs
 
 FORMAT = 1
 MANIFEST = "checkpoint.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng_state.pt"
@@ -62,10 +62,6 @@ class Checkpoint:
 
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -120,7 +116,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
         tmp.mkdir()
         if is_peft(model):  # adapter_config.json + adapter_model.safetensors, as a run directory holds them
             model.save_pretrained(tmp, save_embedding_layers=False)
-            (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: not needed in a checkpoint
+            (tmp / MODEL_CARD).unlink(missing_ok=True)  # peft's model card: not needed in a checkpoint
         else:  # full / top-K: only what trains changes, so only that is saved (tied weights once)
             from safetensors.torch import save_file
 
@@ -151,12 +147,12 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
 
 
 def latest_name(root: Path) -> str | None:
-    names = sorted(p.name for p in root.glob("step-*") if p.is_dir())
-    return names[-1] if names else None
+    dirs = step_dirs(root)
+    return dirs[-1].name if dirs else None
 
 
 def _prune(root: Path, keep: int) -> None:
-    dirs = sorted(p for p in root.glob("step-*") if p.is_dir())
+    dirs = step_dirs(root)
     for old in dirs[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -194,7 +190,7 @@ def find_latest(root: Path) -> Checkpoint | None:
     for tmp in root.glob(f"{TMP_PREFIX}*"):
         say(f"warning: removing {tmp.name}, a checkpoint whose write was cut off")
         shutil.rmtree(tmp, ignore_errors=True)
-    for path in sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True):
+    for path in reversed(step_dirs(root)):
         try:
             return verify(path)
         except ValueError as e:
@@ -232,7 +228,7 @@ def load_checkpoint(ckpt: Checkpoint, model, optimizer, allow_partial: bool) -> 
         say(f"warning: resuming from {ckpt.path.name} without {', '.join(absent)} (--allow-partial-resume): "
             f"the result will differ from an uninterrupted run")
     peft_model = is_peft(model)
-    name = "adapter_model.safetensors" if peft_model else TRAINABLE
+    name = ADAPTER_WEIGHTS if peft_model else TRAINABLE
     if name not in ckpt.files:
         raise CheckpointError(f"checkpoint {ckpt.path} has no {name}: it was written by another train.method")
     try:

@@ -18,6 +18,7 @@ from codelora.config import TrainConfig
 from codelora.console import progress, say
 from codelora.data.prompts import Example
 from codelora.errors import CodeloraError, TrainingStopped
+from codelora.io.rundir import CHECKPOINTS, LOSS_LOG
 from codelora.tracking import Trackers
 from codelora.training.batches import length_grouped_batches
 from codelora.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -88,7 +89,7 @@ class Loop:
 
     @property
     def log_path(self) -> Path | None:
-        return self.run_dir / "loss_log.jsonl" if self.ctx.dist.main else None  # rank 0 alone writes
+        return self.run_dir / LOSS_LOG if self.ctx.dist.main else None  # rank 0 alone writes
 
 
 def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int,
@@ -190,7 +191,7 @@ def save_state(loop: Loop) -> Path | None:
     if loop.ctx.dist.main:
         state = {"progress": asdict(loop.progress), "scheduler": loop.scheduler.state_dict(), "log": loop.log.entries,
                  "data_sha256": loop.fingerprint, "total_steps": loop.schedule.total_steps}
-        path = save_checkpoint(loop.run_dir / "checkpoints", loop.progress.step, loop.ctx.model, loop.optimizer,
+        path = save_checkpoint(loop.run_dir / CHECKPOINTS, loop.progress.step, loop.ctx.model, loop.optimizer,
                                state, keep=loop.tc.keep_checkpoints)
     loop.ctx.dist.barrier()
     return path
@@ -245,7 +246,7 @@ def baseline(ctx: StepContext, val_ex: list[Example], batch_size: int, run_dir: 
     val = validate(ctx, val_ex, batch_size)
     trackers = trackers or Trackers()
     trackers.start([])
-    with LossLog(run_dir / "loss_log.jsonl" if ctx.dist.main else None, sink=trackers.log_entry) as log:
+    with LossLog(run_dir / LOSS_LOG if ctx.dist.main else None, sink=trackers.log_entry) as log:
         log.write(split="validation", step=0, epoch=0.0, loss=val)
     return {"steps": 0, "epochs": 0.0, "seconds": round(time.perf_counter() - t0, 2), "train_seconds": 0.0,
             "tokens": 0, "tokens_per_s": 0.0, "final_train_loss": None, "val_loss_start": val, "val_loss_end": val,

@@ -9,6 +9,7 @@ from codelora.config import RunConfig
 from codelora.config_parse import flatten_config, load_config_file
 from codelora.console import say
 from codelora.errors import CodeloraError
+from codelora.io.rundir import CHECKPOINTS, CONFIG
 from codelora.training.checkpoint import Checkpoint, find_latest
 from codelora.training.distributed import Dist
 
@@ -19,7 +20,7 @@ RESUMABLE_CHANGES = ("out", "eval.", "generate.", "train.save_every", "train.kee
 
 
 def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
-    saved_path = run_dir / "config.yaml"
+    saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         return
     saved, now = flatten_config(load_config_file(saved_path)), flatten_config(cfg.to_dict())
@@ -35,10 +36,10 @@ def find_checkpoint(run_dir: Path, dist: Dist) -> Checkpoint | None:
     checkpoint = None
     # rank 0 looks first: it removes cut-off checkpoint writes before the others list the folder
     if dist.main:
-        checkpoint = find_latest(run_dir / "checkpoints")
+        checkpoint = find_latest(run_dir / CHECKPOINTS)
     dist.barrier()
     if not dist.main:
-        checkpoint = find_latest(run_dir / "checkpoints")
+        checkpoint = find_latest(run_dir / CHECKPOINTS)
     if checkpoint is None:
         say(f"nothing to resume in {run_dir}: no verified checkpoint; training from step 0")
     return checkpoint

@@ -22,6 +22,7 @@ from codelora.console import say
 from codelora.data.dataset import PreparedData
 from codelora.data.prompts import PromptFormat
 from codelora.io.files import write_json_atomic
+from codelora.io.rundir import CONFIG, LABELS, LOSS_CURVE, LOSS_LOG, MANIFEST, PRECISION, SPLIT_INDICES
 from codelora.models.sources import ModelSource
 from codelora.tracking import Trackers
 from codelora.training.loop import baseline, fit
@@ -52,11 +53,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
     every rank returns the model."""
     if resume:
         check_same_config(cfg, run_dir)
-    precision_file = run_dir / "precision.json"  # a resumed run keeps the precision it started with
+    precision_file = run_dir / PRECISION  # a resumed run keeps the precision it started with
     s = set_up(cfg, json.loads(precision_file.read_text()) if resume and precision_file.is_file() else None)
     if s.dist.main:
-        dump_config(cfg, run_dir / "config.yaml")
-        write_json_atomic(run_dir / "splits.json", s.data.splits)
+        dump_config(cfg, run_dir / CONFIG)
+        write_json_atomic(run_dir / SPLIT_INDICES, s.data.splits)
         write_json_atomic(precision_file, s.precision.record())
     checkpoint = find_checkpoint(run_dir, s.dist) if resume else None
     ctx = StepContext(s.model, s.tokenizer.pad_token_id, s.device,
@@ -83,8 +84,8 @@ def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
         s.model.save_pretrained(run_dir)
         s.tokenizer.save_pretrained(run_dir)
     if s.labels:
-        write_json_atomic(run_dir / "labels.json", s.labels)
-    plot_loss_curve(LossLog.read(run_dir / "loss_log.jsonl"), run_dir / "loss_curve.png")
+        write_json_atomic(run_dir / LABELS, s.labels)
+    plot_loss_curve(LossLog.read(run_dir / LOSS_LOG), run_dir / LOSS_CURVE)
 
     manifest = base_manifest(cfg.seed) | {
         "method": method,
@@ -98,6 +99,6 @@ def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
         "parameters": {"trainable": s.trainable, "total": s.total},
         "train": stats,
     }
-    write_json_atomic(run_dir / "manifest.json", manifest)
+    write_json_atomic(run_dir / MANIFEST, manifest)
     say(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s ({stats['tokens_per_s']:.0f} tokens/s); "
         f"validation loss {stats['val_loss_start']:.3f} -> {stats['val_loss_end']:.3f}")
