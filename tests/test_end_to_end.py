@@ -63,7 +63,7 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     from transformers import AutoModelForCausalLM
 
     from codelora.config import load_config_file, parse_config
-    from codelora.data.dataset import prepare_data
+    from codelora.data.pipeline import prepare_data
     from codelora.data.prompts import PromptFormat
     from codelora.models.lora import load_adapter
     from codelora.models.sources import codelora_home, load_base

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from codelora.config import RunConfig, load_config_file, parse_config, set_dotted
 from codelora.console import say
-from codelora.data.dataset import load_task_data, prepare_data, task_format
+from codelora.data.pipeline import encode, task_data
+from codelora.data.prompts import format_for
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.models.lora import load_adapter
@@ -59,14 +60,14 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
     cfg = parse_config(data)
     device = pick_device(cfg.train.device)
     method, task = cfg.train.method, cfg.model.task
-    loaded = load_task_data(cfg.data, task)
+    curated = task_data(cfg.data, task, cfg.seed)
     labels = json.loads((run_dir / "labels.json").read_text()) if task == "classification" else None
     manifest = run_dir / "manifest.json"
     trained = json.loads(manifest.read_text()) if manifest.is_file() else {}
     precision = precision_for(cfg.eval.precision, cfg.model, device)
     base, tokenizer, _ = seeded_base(cfg, device, labels, precision)
-    fmt = task_format(task, tokenizer, labels)
-    data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
+    fmt = format_for(task, tokenizer, labels)
+    data = encode(curated, fmt, cfg.data.max_length)
     if trained:
         expected = trained["data"]["sha256"]
         if expected != data.curated.sha256:

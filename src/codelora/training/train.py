@@ -18,7 +18,7 @@ from pathlib import Path
 
 from codelora.config import RunConfig, dump_config
 from codelora.console import say
-from codelora.data.dataset import PreparedData
+from codelora.data.pipeline import PreparedData
 from codelora.data.prompts import PromptFormat
 from codelora.io.files import write_json_atomic
 from codelora.models.sources import ModelSource
