@@ -66,7 +66,7 @@ def peak_rss_gb() -> float:
 def _rows(path: Path, n: int) -> list[dict]:
     """The first n valid, cleaned rows of the head, through codelora's own data stage."""
     from codelora.config import DataConfig
-    from codelora.data.dataset import load_data
+    from codelora.data.pipeline import load_data
 
     return load_data(DataConfig(source=str(path))).rows[:n]
 

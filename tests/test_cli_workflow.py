@@ -102,7 +102,8 @@ def test_data_report_and_prepare_on_the_real_head(shared_head, tmp_path):
     assert stats["tokens"]["output"]["max"] > 0
     r = run_cli("data", "prepare", "--data", shared_head, "--out", tmp_path / "prep", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "cross-split pairs: 0" in r.stderr
+    # the audit's one pair: the same Ceneo scraper answer in train (line 256) and validation (line 264)
+    assert "cross-split pairs: 1" in r.stderr and "lines 256~264: near duplicate answer 0.917" in r.stderr
     manifest = json.loads((tmp_path / "prep" / MANIFEST).read_text())
     assert {k: v["rows"] for k, v in manifest["splits"].items()} == {"train": 284, "validation": 36, "test": 36}
 

@@ -48,7 +48,7 @@ def test_adapter_reloads_identically_in_codelora_and_plain_peft(e2e_run):
     from transformers import AutoModelForCausalLM
 
     from codelora.config_parse import load_config_file, parse_config
-    from codelora.data.dataset import prepare_data
+    from codelora.data.pipeline import prepare_data
     from codelora.data.prompts import PromptFormat
     from codelora.models.lora import load_adapter
     from codelora.models.loss import validation_loss
@@ -101,9 +101,9 @@ def test_execution_eval_of_base_and_adapter(e2e_run, tmp_path):
                 "--allow-code-execution")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "out" / EXEC_REPORT).read_text())
-    assert set(report["models"]) == {"base", "run"}
+    assert set(report["models"]) == {"base", run.name}
     for m in report["models"].values():
         assert m["tasks"] == 2 and m["samples"] == 2 and 0.0 <= m["pass@1"] <= 1.0
         assert sum(m["status"].values()) == 2
     answers = json.loads((tmp_path / "out" / EXEC_ANSWERS).read_text())
-    assert answers["base"]["sq"][0] and answers["run"]["sq"][0]
+    assert answers["base"]["sq"][0] and answers[run.name]["sq"][0]

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from codelora.config import DataConfig
-from codelora.data.labels import category_label, label_names, load_labeled, split_labeled
+from codelora.data.labels import category_label, label_names, split_labeled
 from codelora.data.load import read_source
+from codelora.data.pipeline import load_labeled
 from codelora.data.split import SPLITS
 from codelora.errors import DataError
 from conftest import write_jsonl

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from codelora.config import DataConfig
-from codelora.data.dataset import load_data
+from codelora.data.pipeline import load_data
 from codelora.errors import DataError
 from conftest import write_jsonl
 

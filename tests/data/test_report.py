@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from codelora.config import DataConfig, RunConfig
-from codelora.data.dataset import load_data
+from codelora.data.pipeline import load_data
 from codelora.data.prepare import data_report
 from codelora.data.report import compute_stats
 from codelora.io.rundir import REPORT_MD

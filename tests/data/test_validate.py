@@ -5,7 +5,7 @@ import json
 import pytest
 
 from codelora.config import DataConfig
-from codelora.data.dataset import load_data
+from codelora.data.pipeline import load_data
 from codelora.errors import DataError
 
 GOOD = {"instruction": "Write add2.", "input": "", "output": "def add2(x):\n    return x + 2"}

@@ -99,15 +99,15 @@ def test_the_demo_card_validates_and_its_snippet_reproduces_the_eval_loss(embedd
 
     check = f"""
 import json
-import os
 from codelora.config_parse import load_config_file, parse_config
-from codelora.data.dataset import load_task_data, prepare_data, task_format
+from codelora.data.pipeline import prepare_data
+from codelora.data.prompts import format_for
 from codelora.models.loss import validation_loss
 
 cfg = parse_config(load_config_file("config.yaml"))
 cfg.data.source, cfg.data.fallback = {str(shared_head)!r}, None  # the rows the run read
-fmt = task_format("causal-lm", tokenizer, None)
-data = prepare_data(cfg.data, cfg.seed, fmt, load_task_data(cfg.data, "causal-lm"))
+fmt = format_for("causal-lm", tokenizer)
+data = prepare_data(cfg.data, cfg.seed, fmt)
 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 loss = validation_loss(model, data.examples_of("test"), 8, pad, "cpu")
 print(json.dumps({{"sha256": data.curated.sha256, "loss": loss}}))

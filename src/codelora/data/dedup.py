@@ -1,9 +1,21 @@
-"""Duplicate and near-duplicate groups, so that related rows always land in the same split.
+"""Duplicate and near-duplicate groups, so that related rows always land in the same split, and the
+audit of the split that checks it.
 
 Two rows are related when their normalised instructions match, their normalised outputs match,
 or their whole texts are near-duplicates: Jaccard similarity of token 3-shingles at or above a
 threshold, found with MinHash LSH (datasketch) and then confirmed exactly. Related rows are
 joined transitively (union-find) into groups.
+
+The split audit (`cross_split_audit`, after the split) finds the related pairs that cross it
+afresh (other hash functions, other comparisons) rather than from the grouping, so a fault there
+cannot hide. Besides the grouping's relations it compares answers: word 3-shingles of the
+normalised answer (fences stripped, lower case, whitespace collapsed) at or above the threshold.
+That is what a question reworded around the same code looks like: two web-scraper answers that
+differ only in their query string are 0.917 alike this way, while their whole texts, diluted by
+two different questions, are not. The grouping does not use this relation (docs/decisions.md,
+"The split audit compares answers"), so such a pair is reported, not moved. Near duplicates are
+found with an LSH index of the training rows with many bands (b=32, r=4: at J=0.9 a miss is
+~1e-14 likely), queried with every validation and test row and confirmed by exact Jaccard.
 """
 
 from __future__ import annotations
@@ -120,39 +132,18 @@ def near_duplicate_pairs(sets: list[set[str]], threshold: float) -> list[tuple[i
     return sorted(pairs)
 
 
-def cross_split_audit(rows: list[dict], splits: dict[str, list[int]], threshold: float) -> dict[str, int]:
-    """Count related pairs across splits, computed afresh rather than from the grouping.
-
-    Exact matches use dictionaries per split; near duplicates use a second LSH index of the
-    training rows with more bands (b=32, r=4: at J=0.9 a miss is ~1e-14 likely), queried with
-    every validation and test row and confirmed by exact Jaccard. Expected: all zero.
-    """
-    from datasketch import MinHashLSH
-
-    split_of = {i: s for s, idx in splits.items() for i in idx}
-    out = {}
-    for name, key in (("exact instruction", "instruction"), ("exact output", "output")):
-        seen: dict[str, set[str]] = {}
-        for i, r in enumerate(rows):
-            seen.setdefault(normalize(r[key]), set()).add(split_of[i])
-        out[name] = sum(len(s) - 1 for s in seen.values())
-    sets = [shingles(row_text(r)) for r in rows]
-    hashes = list(iter_minhashes(sets, seed=7, desc="split audit: hashing"))  # other hash functions than the grouping's
-    lsh = MinHashLSH(num_perm=NUM_PERM, params=(32, 4))
-    for i in splits["train"]:
-        lsh.insert(i, hashes[i])
-    held_out = splits["validation"] + splits["test"]
-    out["near duplicate"] = sum(1 for i in progress(held_out, desc="split audit: matching", unit="row")
-                                for j in lsh.query(hashes[i]) if jaccard(sets[i], sets[j]) >= threshold)
-    return out
-
-
 def find_relations(rows: list[dict], threshold: float) -> Relations:
     return Relations(
         exact_instruction=_exact_pairs([normalize(r["instruction"]) for r in rows]),
         exact_output=_exact_pairs([normalize(r["output"]) for r in rows]),
         near_duplicate=near_duplicate_pairs([shingles(row_text(r)) for r in rows], threshold),
     )
+
+
+def group_related(rows: list[dict], threshold: float) -> tuple[list[list[int]], Relations]:
+    """The grouping stage: related rows joined into groups (positions in rows), and the relations found."""
+    relations = find_relations(rows, threshold)
+    return groups_of(len(rows), relations), relations
 
 
 def groups_of(n: int, relations: Relations) -> list[list[int]]:
@@ -163,3 +154,53 @@ def groups_of(n: int, relations: Relations) -> list[list[int]]:
     for i in range(n):
         groups.setdefault(uf.find(i), []).append(i)
     return list(groups.values())
+
+
+AUDIT_SEED = 7  # MinHash functions other than the grouping's (seed 1)
+AUDIT_BANDS = (32, 4)
+
+
+def answer_shingles(output: str, k: int = 3) -> set[str]:
+    """Word k-shingles of the normalised answer (words: runs of non-space characters)."""
+    words = normalize(output).split()
+    if len(words) <= k:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + k]) for i in range(len(words) - k + 1)}
+
+
+def cross_split_audit(rows: list[dict], splits: dict[str, list[int]],
+                      threshold: float) -> tuple[dict[str, int], list[dict]]:
+    """(pairs across splits per relation, each near-duplicate pair across splits with its refs and Jaccard)."""
+    split_of = {i: s for s, idx in splits.items() for i in idx}
+    counts = {}
+    for name, key in (("exact instruction", "instruction"), ("exact output", "output")):
+        seen: dict[str, set[str]] = {}
+        for i, r in enumerate(rows):
+            seen.setdefault(normalize(r[key]), set()).add(split_of[i])
+        counts[name] = sum(len(s) - 1 for s in seen.values())
+    flagged = []
+    for name, sets, bar in (("near duplicate", [shingles(row_text(r)) for r in rows], "split audit"),
+                            ("near duplicate answer", [answer_shingles(r["output"]) for r in rows], "answer audit")):
+        pairs = _near_pairs(sets, splits, threshold, bar)
+        counts[name] = len(pairs)
+        flagged += [{"relation": name, "train": rows[j]["ref"], split_of[i]: rows[i]["ref"], "jaccard": round(jac, 3)}
+                    for i, j, jac in pairs]
+    return counts, flagged
+
+
+def _near_pairs(sets: list[set[str]], splits: dict[str, list[int]], threshold: float,
+                bar: str) -> list[tuple[int, int, float]]:
+    """(held-out position, training position, Jaccard) of each pair at or above `threshold`."""
+    from datasketch import MinHashLSH
+
+    hashes = list(iter_minhashes(sets, seed=AUDIT_SEED, desc=f"{bar}: hashing"))
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=AUDIT_BANDS)
+    for i in splits["train"]:
+        lsh.insert(i, hashes[i])
+    held_out = splits["validation"] + splits["test"]
+    pairs = []
+    for i in progress(held_out, desc=f"{bar}: matching", unit="row"):
+        for j in sorted(lsh.query(hashes[i])):
+            if (jac := jaccard(sets[i], sets[j])) >= threshold:
+                pairs.append((i, j, jac))
+    return pairs

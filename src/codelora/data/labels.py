@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from codelora.config import DataConfig
-from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates, read_source
-from codelora.data.report import categorize
+from codelora.data.categories import categorize
+from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates
 from codelora.data.split import SPLITS, split_groups
-from codelora.data.validate import Rows, check_drop_fraction, select_records, validate_records
+from codelora.data.validate import Rows, select_records, validate_records
 from codelora.errors import DataError
 
 LABEL_COLUMNS = ("text", "label")
@@ -39,18 +39,12 @@ def category_label(instruction: str, categories: dict[str, list[str]]) -> str:
     return categorize(instruction, categories)[0]  # categorize gives ["other"] when nothing matches
 
 
-def load_labeled(cfg: DataConfig) -> Labeled:
-    # no column check while reading: which columns are required depends on the shape found
-    raw = read_source(cfg.source, cfg.fallback, cfg.limit, required=())
+def labeled_rows(raw: RawRecords, cfg: DataConfig) -> Labeled:
+    """The validation stage of classification data: text/label rows of either shape (read with no
+    column check: which columns are required depends on the shape found)."""
     builtin = bool(raw.records) and not any("label" in r for r in raw.records)
-    rows = _builtin_rows(raw, cfg) if builtin else _labeled_rows(raw, cfg.max_chars)
-    check_drop_fraction(rows, cfg.max_drop_fraction)
-    if not rows.rows:
-        raise DataError(f"{rows.source}: no usable rows")
-    return Labeled(rows, builtin)
-
-
-def _builtin_rows(raw: RawRecords, cfg: DataConfig) -> Rows:
+    if not builtin:
+        return Labeled(_labeled_rows(raw, cfg.max_chars), builtin)
     present = set().union(*(r.keys() for r in raw.records))
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
@@ -60,7 +54,7 @@ def _builtin_rows(raw: RawRecords, cfg: DataConfig) -> Rows:
     valid = validate_records(raw, cfg.max_chars)
     valid.rows = [{"text": r["instruction"].strip(), "label": category_label(r["instruction"], cfg.categories),
                    "ref": r["ref"]} for r in valid.rows]  # one row per validated row: fixed splits stay valid
-    return valid
+    return Labeled(valid, builtin)
 
 
 def _labeled_rows(raw: RawRecords, max_chars: int) -> Rows:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from codelora.config import RunConfig
 from codelora.console import say
-from codelora.data.dataset import curate, load_data
+from codelora.data.pipeline import curate, load_data
 from codelora.data.report import compute_stats, render_report, write_charts
 from codelora.data.split import SPLITS
 from codelora.io.files import sha256_file, write_json_atomic, write_text_atomic
@@ -36,6 +36,13 @@ def render_split_report(rep: dict, drops: dict[str, list[int]], ref_kind: str) -
              f"token 3-shingles). A group never spans two splits.", "",
              "| relation | pairs found | pairs across splits |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v:,} | {rep['cross_split_pairs'][k]} |" for k, v in rep["related_pairs"].items()]
+    lines.append(f"| near duplicate answer (audit only: answers' word 3-shingles) | not grouped | "
+                 f"{rep['cross_split_pairs']['near duplicate answer']} |")
+    if rep["cross_split_near_duplicates"]:
+        lines += ["", "Near-duplicate pairs across splits (the audit's):", ""]
+        lines += [f"- {ref_kind} {p['train']} (train) ~ {ref_kind} {p.get('validation', p.get('test'))} "
+                  f"({'validation' if 'validation' in p else 'test'}): {p['relation']}, Jaccard {p['jaccard']}"
+                  for p in rep["cross_split_near_duplicates"]]
     lines += ["", "| split | rows |", "| --- | ---: |"] + [f"| {s} | {n:,} |" for s, n in rep["split_sizes"].items()]
     if drops:
         lines += ["", f"| dropped | rows | {ref_kind}s |", "| --- | ---: | --- |"]

@@ -182,3 +182,12 @@ class ClassFormat:
 
     def encode_all(self, rows: list[dict], max_length: int) -> tuple[list[ClassExample], list[int]]:
         return _encode_all(self.encode, rows, max_length)
+
+
+def format_for(task: str, tokenizer, labels: list[str] | None = None):
+    """How rows become model inputs for each model.task."""
+    if task == "seq2seq":
+        return Seq2SeqFormat(tokenizer)
+    if task == "classification":
+        return ClassFormat(tokenizer, labels)
+    return PromptFormat(tokenizer)

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import ast
 import functools
-import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from codelora.config import DataConfig
+from codelora.data.categories import WORD, categorize
 from codelora.data.clean import clean_rows, extract_code
 from codelora.data.validate import Rows
 from codelora.io.figures import pyplot, save_figure
 
 COLUMNS = ("instruction", "input", "output", "text")
-WORD = re.compile(r"[a-z0-9']+")
 TOP = 15
 
 
@@ -58,14 +57,6 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
     return [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def categorize(instruction: str, categories: dict[str, list[str]]) -> list[str]:
-    text = instruction.lower()
-    words = set(WORD.findall(text))
-    hits = [name for name, keys in categories.items()
-            if any((k in text) if " " in k else (k in words) for k in keys)]
-    return hits or ["other"]
 
 
 def code_lines(output: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codelora.console import progress
+from codelora.console import progress, say
 from codelora.data.load import REQUIRED_COLUMNS, RawRecords, has_surrogates
 from codelora.errors import DataError
 
@@ -63,6 +63,15 @@ def validate_records(raw: RawRecords, max_chars: int) -> Rows:
     return select_records(raw, to_row)
 
 
+def instruction_rows(raw: RawRecords, max_chars: int, max_drop_fraction: float | None) -> Rows:
+    """The validation stage of instruction/input/output data: validate, say what was dropped, check
+    that enough is usable (`max_drop_fraction` None: no limit, as a report describes bad data too)."""
+    rows = validate_records(raw, max_chars)
+    if rows.drops:
+        say(f"{rows.source}: dropped in validation: {describe_drops(rows.drops, rows.ref_kind)}")
+    return usable(rows, max_drop_fraction)
+
+
 def _problem(rec: dict, max_chars: int) -> str | None:
     if any(c not in rec for c in REQUIRED_COLUMNS):
         return "missing field"
@@ -88,3 +97,17 @@ def check_drop_fraction(rows: Rows, max_fraction: float) -> None:
         detail = "; ".join(f"{len(v)} {k}" for k, v in rows.drops.items())
         raise DataError(f"{rows.source}: {dropped} of {rows.total} rows failed validation ({detail}), more than "
                         f"data.max_drop_fraction={max_fraction:g}; fix the file or raise the threshold")
+
+
+def usable(rows: Rows, max_drop_fraction: float | None) -> Rows:
+    """`rows`, after checking the share dropped (unless `max_drop_fraction` is None) and that any is left."""
+    if max_drop_fraction is not None:
+        check_drop_fraction(rows, max_drop_fraction)
+    if not rows.rows:
+        raise DataError(f"{rows.source}: no usable rows")
+    return rows
+
+
+def describe_drops(drops: dict[str, list[int]], ref_kind: str = "row") -> str:
+    return "; ".join(f"{len(v)} {k} ({ref_kind}s {', '.join(map(str, v[:5]))}{', ...' if len(v) > 5 else ''})"
+                     for k, v in drops.items() if v) or "none"

@@ -11,7 +11,8 @@ from pathlib import Path
 from codelora.config import RunConfig
 from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import say
-from codelora.data.dataset import load_task_data, prepare_data, task_format
+from codelora.data.pipeline import encode, task_data
+from codelora.data.prompts import format_for
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.io.rundir import LABELS, MANIFEST, RunDir
@@ -62,13 +63,13 @@ def evaluate_run(run_dir: str | Path, overrides: dict[str, object] | None = None
     cfg = parse_config(data)
     device = pick_device(cfg.train.device)
     method, task = cfg.train.method, cfg.model.task
-    loaded = load_task_data(cfg.data, task)
+    curated = task_data(cfg.data, task, cfg.seed)
     labels = json.loads((run / LABELS).read_text()) if task == "classification" else None
     trained = run.read_json(MANIFEST) or {}
     precision = precision_for(cfg.eval.precision, cfg.model, device)
     base, tokenizer, _ = seeded_base(cfg, device, labels, precision)
-    fmt = task_format(task, tokenizer, labels)
-    data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
+    fmt = format_for(task, tokenizer, labels)
+    data = encode(curated, fmt, cfg.data.max_length)
     if trained:
         expected = trained["data"]["sha256"]
         if expected != data.curated.sha256:

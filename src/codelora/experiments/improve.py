@@ -244,10 +244,10 @@ def pick(codes: list[str], m: int, how: str) -> list[str]:
 
 def _original_splits(plan: Plan) -> dict[str, list[dict]]:
     """The train and validation rows of the start's data, split exactly as its run split them."""
-    from codelora.data.dataset import curate, load_data
+    from codelora.data.pipeline import instruction_data
 
     data_cfg = parse_config(_round_config(plan, 1, None, plan.out / "check", original=True)).data
-    cur = curate(load_data(data_cfg), data_cfg, int(plan.run_cfg.get("seed", 42)))
+    cur = instruction_data(data_cfg, int(plan.run_cfg.get("seed", 42)))
     return {s: [cur.rows[i] for i in cur.splits[s]] for s in ("train", "validation")}
 
 

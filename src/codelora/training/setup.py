@@ -9,9 +9,9 @@ import torch
 
 from codelora.config import RunConfig, parse_method
 from codelora.console import say
-from codelora.data.dataset import PreparedData, load_task_data, prepare_data, task_format
 from codelora.data.labels import label_names
-from codelora.data.prompts import PromptFormat
+from codelora.data.pipeline import PreparedData, encode, task_data
+from codelora.data.prompts import PromptFormat, format_for
 from codelora.models.lora import apply_lora, count_parameters, load_adapter
 from codelora.models.methods import set_trainable
 from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
@@ -45,8 +45,8 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
     device, dist = pick_processes(cfg.train.device)
     task = cfg.model.task
-    loaded = load_task_data(cfg.data, task)  # before the model: bad data fails in a second, not after a model load
-    labels = label_names(loaded.rows) if task == "classification" else None
+    curated = task_data(cfg.data, task, cfg.seed)  # before the model: bad data fails in seconds, not after a model load
+    labels = label_names(curated.rows) if task == "classification" else None
     precision = precision_for(cfg.train.precision, cfg.model, device) if started_with is None else Precision(
         torch.bfloat16 if started_with["chosen"] == "bf16" else torch.float32, started_with["setting"],
         f"{started_with['chosen']}, as when the run started ({started_with['reason']})")
@@ -56,9 +56,9 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     say(f"model {source.name} ({source.kind}) on {device}, {precision.name} ({precision.reason})"
         + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
         + (f", {dist.world} processes" if dist.enabled else ""))
-    fmt = task_format(task, tokenizer, labels)
-    data = prepare_data(cfg.data, cfg.seed, fmt, loaded)
-    say_data(loaded.source, data)
+    fmt = format_for(task, tokenizer, labels)
+    data = encode(curated, fmt, cfg.data.max_length)
+    say_data(curated.source.source, data)
     model = apply_method(model, cfg, source.loadable_name)
     trainable, total = count_parameters(model)
     say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"

@@ -19,7 +19,7 @@ from pathlib import Path
 from codelora.config import RunConfig
 from codelora.config_parse import dump_config
 from codelora.console import say
-from codelora.data.dataset import PreparedData
+from codelora.data.pipeline import PreparedData
 from codelora.data.prompts import PromptFormat
 from codelora.io.files import write_json_atomic
 from codelora.io.rundir import CONFIG, LABELS, LOSS_CURVE, LOSS_LOG, MANIFEST, PRECISION, SPLIT_INDICES
