@@ -57,7 +57,7 @@ def data_entries(visits: list[tuple[str, bool]]) -> Counter:
 
 
 def trace_train(model_dir, data_file, out, task: str, targets: list[str] | None = None) -> list[tuple[str, bool]]:
-    from codelora.config import parse_config
+    from codelora.config_parse import parse_config
     from codelora.io.rundir import staged_run_dir
     from codelora.training.train import train
 
