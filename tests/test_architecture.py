@@ -1,6 +1,8 @@
 """The layering of pyproject.toml's import-linter contracts holds, and the checker really checks.
 
     cli > experiments > serving | evaluation | export | training > decoding > models > data | tracking > io | config | hub > errors | console
+
+Function-level imports follow the rule in docs/decisions.md ("Function-level imports"): the test names each stray one.
 """
 
 import ast
