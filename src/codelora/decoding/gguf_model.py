@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codelora.decoding.batcher import advance, end, start
+from codelora.decoding.sampling import next_tokens
 from codelora.errors import ModelError
 
 LLAMA_CPP_INSTALL = "make install-gguf (builds llama-cpp-python; see README, \"GGUF export\")"
@@ -153,9 +155,6 @@ class GgufModel:
 
     def run(self, seqs: list, stop_ids: list[int]) -> list:
         """Answer each Sequence (decoding.batcher) in turn; returns them, ended."""
-        from codelora.decoding.batcher import advance, end, start
-        from codelora.decoding.sampling import next_tokens
-
         for seq in seqs:
             start(seq, self.tokenizer, stop_ids)
             self._check_length(len(seq.prompt) + seq.gen.max_new_tokens)

@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from codelora.config import EvalConfig, GenerateConfig, RunConfig
@@ -22,10 +23,12 @@ from codelora.console import say
 from codelora.data.prompts import ClassFormat, Seq2SeqFormat, user_message
 from codelora.decoding.generate import generate_answers
 from codelora.decoding.gguf_model import GgufModel
+from codelora.evaluation.classification import classification_metrics
 from codelora.evaluation.metrics import corpus_bleu, exact_match, rouge_scores, syntax_valid
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import EVAL_CHART, EVAL_REPORT, EVAL_REPORT_MD, EVAL_SAMPLES
+from codelora.models.collate import device_batches
 from codelora.models.loss import validation_loss
 
 METRICS = [  # key, label, higher is better
@@ -48,8 +51,6 @@ METHOD_LABELS = {"lora": "adapter", "full": "full fine-tune", "none": "base"}
 
 @torch.no_grad()
 def predict_labels(model, examples, batch_size: int, pad_id: int, device: str) -> list[int]:
-    from codelora.models.collate import device_batches
-
     model.eval()
     preds = []
     idx = list(range(len(examples)))
@@ -61,8 +62,6 @@ def predict_labels(model, examples, batch_size: int, pad_id: int, device: str) -
 
 
 def evaluate_classifier(model, fmt: ClassFormat, test_examples, ec: EvalConfig, pad_id: int, device: str):
-    from codelora.evaluation.classification import classification_metrics
-
     t0 = time.perf_counter()
     loss = validation_loss(model, test_examples, ec.batch_size, pad_id, device)
     preds = predict_labels(model, test_examples, ec.batch_size, pad_id, device)
@@ -149,8 +148,6 @@ def describe_decoding(gen: GenerateConfig) -> str:
 
 def plot_comparison(report: dict, path: Path) -> None:
     """Grouped bars, base vs adapter, for the metrics on a 0-1 scale (BLEU divided by 100)."""
-    import numpy as np
-
     if report.get("task") == "classification":
         keys = [(k, label) for k, label, _ in CLASS_METRICS if k != "eval_loss"]  # the 0-1 scores
         what = f"{report['rows_for_loss']} texts"

@@ -15,12 +15,17 @@ from codelora.config import EvalConfig, GenerateConfig, ModelConfig
 from codelora.console import say
 from codelora.data.prompts import PromptFormat
 from codelora.decoding.generate import generate_answers
+from codelora.decoding.gguf_model import GgufModel, context_for
 from codelora.errors import CodeloraError
-from codelora.evaluation.execution import Task, TaskResult, execute, load_completions, results_to_jsonl, summarize
+from codelora.evaluation.execution import (Task, TaskResult, execute, humaneval_tasks, load_completions,
+                                           load_tasks_file, results_to_jsonl, summarize)
 from codelora.evaluation.sandbox import Limits, isolation
 from codelora.io.figures import pyplot, save_figure
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import EXEC_ANSWERS, EXEC_CHART, EXEC_REPORT, EXEC_REPORT_MD, exec_samples
+from codelora.models.lora import load_adapter
+from codelora.models.precision import precision_for
+from codelora.models.sources import load_base, pick_device
 
 EXECUTION_FLAG_MESSAGE = (
     "executing model-generated code needs --allow-code-execution: each sample would run as a separate, sandboxed "
@@ -66,8 +71,6 @@ def _generate(model, fmt, tasks: list[Task], ec: EvalConfig, gen: GenerateConfig
 
 def _with_adapters(base, adapters: list[str], adapter_names: list[str] | None):
     """The base with every adapter attached (a PeftModel when there is one), and their unique names."""
-    from codelora.models.lora import load_adapter
-
     model, names = base, []
     for i, adapter in enumerate(adapters):
         name = (adapter_names[i] if adapter_names else Path(adapter).name) or f"adapter{i}"
@@ -83,9 +86,6 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
                     ggufs: list[str] = (), include_base: bool = True) -> dict:
     """pass@k of the base model (unless not `include_base`), each adapter and each GGUF file (in
     llama.cpp) on `tasks`; writes the reports into `out`."""
-    from codelora.models.precision import precision_for
-    from codelora.models.sources import load_base, pick_device
-
     dev = pick_device(device)
     precision = precision_for(ec.precision, model_cfg, dev)
     base, tokenizer, _ = load_base(model_cfg, dev, dtype=precision.dtype)
@@ -117,8 +117,6 @@ def evaluate_models(tasks: list[Task], model_cfg: ModelConfig, adapters: list[st
 
 def _gguf_models(paths: list[str], fmt, tasks: list[Task], gen: GenerateConfig, taken: list[str]) -> dict:
     """{name: GgufModel} for each file (named by its stem), with room for the longest prompt + answer."""
-    from codelora.decoding.gguf_model import GgufModel, context_for
-
     longest = max((len(fmt.prompt_ids(t.instruction)) for t in tasks), default=0) + gen.max_new_tokens
     files: dict = {}
     for path in paths:
@@ -184,8 +182,6 @@ def plot_pass_at_1(report: dict, path: Path) -> None:
 
 def load_suite(spec: str, limit: int | None = None) -> list[Task]:
     """'humaneval' or a tasks JSONL path."""
-    from codelora.evaluation.execution import humaneval_tasks, load_tasks_file
-
     return humaneval_tasks(limit) if spec == "humaneval" else load_tasks_file(spec, limit)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from codelora.console import progress
 from codelora.data.clean import extract_code
+from codelora.data.decontaminate import humaneval_problems
 from codelora.errors import DataError
 from codelora.evaluation.sandbox import Limits, Outcome, run_program
 
@@ -38,8 +39,6 @@ class Task:
 
 
 def humaneval_tasks(limit: int | None = None) -> list[Task]:
-    from codelora.data.decontaminate import humaneval_problems
-
     tasks = [Task(task_id=p["task_id"], instruction=humaneval_question(p["prompt"]), entry_point=p["entry_point"],
                   test=p["test"], prompt=p["prompt"], canonical=p["canonical_solution"])
              for p in humaneval_problems()]

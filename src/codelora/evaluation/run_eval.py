@@ -12,7 +12,8 @@ from codelora.config import RunConfig
 from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import say
 from codelora.data.pipeline import encode, task_data
-from codelora.data.prompts import format_for
+from codelora.data.prompts import format_for, user_message
+from codelora.decoding.gguf_model import GgufModel, context_for
 from codelora.errors import CodeloraError, DataError
 from codelora.evaluation.compare import candidates, compare_models
 from codelora.io.rundir import LABELS, MANIFEST, RunDir
@@ -96,8 +97,6 @@ def gguf_candidates(paths: list[str], fmt, rows, examples, cfg: RunConfig, label
         return []
     if labels is not None or cfg.model.task != "causal-lm":
         raise CodeloraError(f"--gguf evaluates causal language models; this run has model.task={cfg.model.task}")
-    from codelora.data.prompts import user_message
-    from codelora.decoding.gguf_model import GgufModel, context_for
 
     longest = max([len(e.input_ids) for e in examples] +
                   [len(fmt.prompt_ids(user_message(r))) + cfg.generate.max_new_tokens for r in rows])

@@ -25,6 +25,7 @@ only by file permissions and the network is not blocked.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import json
@@ -123,8 +124,6 @@ def _become_subreaper() -> bool:
     instead of to PID 1, so we can reap them at once: a zombie still counts against the uid's
     RLIMIT_NPROC, and some init processes reap only every few seconds."""
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False

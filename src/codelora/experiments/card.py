@@ -16,6 +16,8 @@ from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, RunConfig
 from codelora.config_parse import load_config_file, parse_config
 from codelora.data.load import is_hub_dataset
 from codelora.data.prompts import PLAIN_TEMPLATE
+from codelora.evaluation.compare import render_markdown
+from codelora.evaluation.exec_eval import render_exec_markdown
 from codelora.io.files import write_text_atomic
 from codelora.io.rundir import CONFIG, EVAL_REPORT, EXEC_REPORT, MANIFEST, MODEL_CARD
 
@@ -200,9 +202,6 @@ def _num(v) -> str:
 
 
 def evaluation_section(report: dict | None, exec_report: dict | None) -> list[str]:
-    from codelora.evaluation.compare import render_markdown
-    from codelora.evaluation.exec_eval import render_exec_markdown
-
     lines = ["## Evaluation", ""]
     if not report and not exec_report:
         return lines + ["Not evaluated yet: `codelora eval RUN_DIR` compares it with its base on the test split."]

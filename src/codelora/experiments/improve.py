@@ -27,18 +27,27 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from codelora.config import GenerateConfig, ImproveConfig
 from codelora.config_parse import load_config_file, parse_config, parse_improve_config, set_dotted, set_improve_field
 from codelora.console import say
 from codelora.data.clean import extract_code
+from codelora.data.pipeline import instruction_data
+from codelora.data.prompts import PromptFormat
 from codelora.decoding.generate import generate_answers
 from codelora.errors import ConfigError
 from codelora.evaluation.exec_eval import evaluate_models, load_suite, require_execution_flag
 from codelora.evaluation.execution import Task, execute, load_tasks_file, pass_at_k
 from codelora.evaluation.sandbox import Limits
+from codelora.experiments.improve_report import plot_rounds, render_markdown
+from codelora.experiments.run import RunOptions, run
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import (EXEC_REPORT, MANIFEST, REPORT, REPORT_MD, ChunkedStage, RunDir, continued_dir,
                                 has_checkpoint, partial_dir, stage_seconds, staged_run_dir)
+from codelora.models.lora import load_adapter
+from codelora.models.precision import precision_for
+from codelora.models.sources import load_base, pick_device
 
 CONFIG_NAME = "improve.yaml"
 PASSED = "passed.json"  # exec/: task_id -> passed per answer
@@ -125,11 +134,7 @@ def set_up(cfg: ImproveConfig, overwrite: bool) -> Plan:
 
 def _settings(cfg: ImproveConfig) -> str:
     """The config as kept in OUT/improve.yaml: rerunning with the same one continues the run."""
-    import dataclasses
-
-    import yaml
-
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
 
 
 def _model_cfg(plan: Plan):
@@ -140,11 +145,6 @@ def _model_cfg(plan: Plan):
 
 
 def _load(plan: Plan, adapter: str | None, precision: str):
-    from codelora.data.prompts import PromptFormat
-    from codelora.models.lora import load_adapter
-    from codelora.models.precision import precision_for
-    from codelora.models.sources import load_base, pick_device
-
     model_cfg = _model_cfg(plan)
     device = pick_device(plan.cfg.device)
     chosen = precision_for(precision, model_cfg, device)
@@ -244,8 +244,6 @@ def pick(codes: list[str], m: int, how: str) -> list[str]:
 
 def _original_splits(plan: Plan) -> dict[str, list[dict]]:
     """The train and validation rows of the start's data, split exactly as its run split them."""
-    from codelora.data.pipeline import instruction_data
-
     data_cfg = parse_config(_round_config(plan, 1, None, plan.out / "check", original=True)).data
     cur = instruction_data(data_cfg, int(plan.run_cfg.get("seed", 42)))
     return {s: [cur.rows[i] for i in cur.splits[s]] for s in ("train", "validation")}
@@ -272,8 +270,6 @@ def _round_config(plan: Plan, r: int, adapter: str | None, out: Path, original: 
 def fine_tune(plan: Plan, r: int, adapter: str | None, pairs: list[dict]) -> str | None:
     """Train round r's adapter on the passing answers plus original rows; returns its directory.
     With no passing answer the model stays as it is."""
-    from codelora.experiments.run import RunOptions, run
-
     d = plan.round_dir(r)
     target = d / "adapter"
     if RunDir(target).is_complete():
@@ -358,8 +354,6 @@ def _sampled(plan: Plan, r: int | str) -> dict | None:
 
 
 def write_report(plan: Plan) -> dict:
-    from codelora.experiments.improve_report import plot_rounds, render_markdown
-
     rows = []
     for r in range(0, plan.cfg.rounds + 1):
         d = plan.round_dir(r)

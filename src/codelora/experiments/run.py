@@ -19,9 +19,12 @@ from pathlib import Path
 from codelora.config import RunConfig
 from codelora.console import say
 from codelora.errors import CodeloraError, TrainingStopped
+from codelora.evaluation.exec_eval import evaluate_models, load_suite, require_execution_flag
+from codelora.evaluation.run_eval import evaluate_trained
 from codelora.experiments.card import write_model_card
-from codelora.tracking import Trackers, open_trackers
 from codelora.io.rundir import RunDir, partial_dir, staged_run_dir
+from codelora.tracking import Trackers, open_trackers
+from codelora.training.train import train
 
 
 @dataclass
@@ -44,8 +47,6 @@ class RunResult:
 
 def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
     """Train (and evaluate) `cfg` into cfg.out. Raises TrainingStopped when interrupted gracefully."""
-    from codelora.training.train import train
-
     if opts.allow_partial_resume and not opts.resume:
         raise CodeloraError("--allow-partial-resume goes with --resume")
     partial = partial_dir(cfg.out)
@@ -101,19 +102,15 @@ def _last_step(run_dir: Path) -> int:
 def _execution_tasks(cfg: RunConfig, opts: RunOptions):
     if not cfg.eval.tasks:
         return None
-    from codelora.evaluation.exec_eval import load_suite, require_execution_flag
 
     require_execution_flag(cfg.eval.allow_code_execution or opts.allow_code_execution)
     return load_suite(cfg.eval.tasks, cfg.eval.tasks_limit)
 
 
 def _evaluate(trained, cfg: RunConfig, tasks) -> tuple[dict, dict | None]:
-    from codelora.evaluation.run_eval import evaluate_trained
-
     report = evaluate_trained(trained, cfg)
     if not tasks:
         return report, None
-    from codelora.evaluation.exec_eval import evaluate_models
 
     exec_report = evaluate_models(tasks, cfg.model, [str(trained.run_dir)], trained.run_dir, cfg.eval, cfg.generate,
                                   cfg.train.device, adapter_names=["adapter"])

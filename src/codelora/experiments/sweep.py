@@ -19,6 +19,7 @@ After the cells, `sweep.csv`, `sweep.json` and plots are written from what the c
 from __future__ import annotations
 
 import copy
+import csv
 import itertools
 import json
 import os
@@ -36,6 +37,8 @@ from codelora.config import TrainConfig
 from codelora.config_parse import load_config_file, parse_config, set_dotted
 from codelora.console import progress
 from codelora.errors import ConfigError, CodeloraError
+from codelora.io.figures import pyplot, save_figure
+from codelora.io.files import write_json_atomic
 from codelora.io.rundir import EVAL_REPORT, RunDir, partial_dir
 
 SWEEP_KEYS = {"out", "base", "set", "grid", "cells", "x"}
@@ -215,10 +218,6 @@ def collect(sweep: Sweep, cell: Cell) -> dict:
 
 
 def write_outputs(sweep: Sweep) -> None:
-    import csv
-
-    from codelora.io.files import write_json_atomic
-
     rows = sweep.results
     columns = list(dict.fromkeys(k for r in rows for k in r))
     tmp = sweep.out / "sweep.csv.tmp"
@@ -233,8 +232,6 @@ def write_outputs(sweep: Sweep) -> None:
 
 
 def plot(sweep: Sweep) -> None:
-    from codelora.io.figures import pyplot, save_figure
-
     plt = pyplot()
     rows = sweep.results
     x = sweep.x

@@ -17,24 +17,28 @@ import math
 import os
 import shutil
 import time
+from importlib import metadata
 from pathlib import Path
 
 from codelora.config import ExportConfig, MergeConfig, ModelConfig, validated
 from codelora.console import Stages, say
+from codelora.data.prompts import PromptFormat
+from codelora.decoding.gguf_model import GgufModel, import_llama_cpp
 from codelora.errors import first_line
 from codelora.export.converters import (ExportError, check_architecture, convert_lora, convert_model,
                                          converter_dir)
+from codelora.export.merge import MERGE_STAGES, merged_model, save_model
 from codelora.export.modelfile import modelfile
 from codelora.export.parity import Reference, check_file, verdict
 from codelora.export.quantize import quantize
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_REPORT, RunDir, staged_run_dir
+from codelora.models.adapters import base_model_of, check_finite, check_same_base, check_shapes
+from codelora.models.lora import load_adapter
+from codelora.models.sources import load_base, pick_device, resolve_model
 
 
 def export(run_dir: str | Path, out: str | Path, ec: ExportConfig, overwrite: bool = False) -> dict:
-    from codelora.decoding.gguf_model import import_llama_cpp
-    from codelora.models.sources import pick_device
-
     run_dir, out = Path(run_dir), Path(out)
     ec = validated(ec, "--")
     kind = _run_kind(run_dir, ec)
@@ -74,8 +78,6 @@ def _quants(ec: ExportConfig) -> list[str]:
 def _stage_count(kind: str, ec: ExportConfig) -> int:
     """The stage() calls of an export (its bar's total): the architecture check, then those of
     _export_lora, or of _export_model: load (merge), save, convert, quantize and check each file."""
-    from codelora.export.merge import MERGE_STAGES
-
     if ec.format == "gguf-lora":
         return 1 + 6
     quantized = len([q for q in _quants(ec) if q != "f16"])
@@ -84,8 +86,6 @@ def _stage_count(kind: str, ec: ExportConfig) -> int:
 
 def _run_kind(run_dir: Path, ec: ExportConfig) -> str:
     """'adapter' or 'model' (a full / top-K run); refuses what llama.cpp cannot run as a chat model."""
-    from codelora.models.adapters import base_model_of
-
     if not run_dir.is_dir():
         raise ExportError(f"run directory not found: {run_dir}")
     if RunDir(run_dir).adapter_config.is_file():
@@ -106,9 +106,6 @@ def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
     """(transformers architecture, the model's name) of what will be converted."""
     from transformers import AutoConfig
 
-    from codelora.models.adapters import base_model_of
-    from codelora.models.sources import resolve_model
-
     if kind == "model":
         path, name = run_dir, str(run_dir)
     else:
@@ -125,19 +122,12 @@ def _architecture(run_dir: Path, kind: str) -> tuple[str | None, str]:
 
 
 def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
-    from codelora.export.merge import merged_model, save_model
-
     quants = _quants(ec)
     if kind == "adapter":
-        from codelora.models.adapters import check_finite
-
         check_finite(run_dir)
         m = merged_model(run_dir, MergeConfig(device=ec.device), dev, stage)
         model, tokenizer, fmt, source, merge_report = m.model, m.tokenizer, m.fmt, m.source, m.report["parity"]
     else:
-        from codelora.data.prompts import PromptFormat
-        from codelora.models.sources import load_base
-
         stage("loading the model")
         model, tokenizer, source = load_base(ModelConfig(name=str(run_dir)), dev)
         fmt, merge_report = PromptFormat(tokenizer), None
@@ -172,12 +162,6 @@ def _export_model(run_dir: Path, kind: str, staged: Path, ec: ExportConfig, dev:
 
 
 def _export_lora(run_dir: Path, staged: Path, ec: ExportConfig, dev: str, stage) -> dict:
-    from codelora.data.prompts import PromptFormat
-    from codelora.export.merge import save_model
-    from codelora.models.adapters import base_model_of, check_finite, check_same_base, check_shapes
-    from codelora.models.lora import load_adapter
-    from codelora.models.sources import load_base
-
     adapter_config = _lora_config(run_dir)
     check_finite(run_dir)
     model_cfg = base_model_of(run_dir)
@@ -238,8 +222,6 @@ def _threads(ec: ExportConfig) -> int:
 
 def _checked(path: Path, quant: str, ref: Reference, ec: ExportConfig, strict: bool, lora: Path | None = None) -> dict:
     """Load `path` (with `lora`) in llama.cpp, compare with the reference; refuse per parity.verdict."""
-    from codelora.decoding.gguf_model import GgufModel
-
     say(f"checking {path.name}{' + ' + lora.name if lora else ''} in llama.cpp against PyTorch ...")
     t0 = time.perf_counter()
     gguf = GgufModel(path, n_ctx=ref.needed_context, threads=_threads(ec), lora=lora, all_logits=True,
@@ -258,8 +240,6 @@ def _checked(path: Path, quant: str, ref: Reference, ec: ExportConfig, strict: b
 
 def _report(run_dir: Path, fmt: str, source, files: dict, main: str, ec: ExportConfig, merge_parity: dict | None,
             lora: str | None = None) -> dict:
-    from importlib import metadata
-
     return {
         "run": str(run_dir), "format": fmt, "base_model": source.to_dict(), "main_file": lora or main,
         "llama_cpp_python": metadata.version("llama-cpp-python"),

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelora.config import MergeConfig, validated
-from codelora.console import Stages, no_stages
+from codelora.console import Stages, no_stages, say
+from codelora.data.prompts import PromptFormat
 from codelora.errors import CodeloraError, ModelError
 from codelora.export.parity import compare_logits, parity_verdict, probe_ids, probe_logits
+from codelora.io.files import write_json_atomic
+from codelora.io.rundir import MERGE_REPORT, staged_run_dir
+from codelora.models.adapters import base_model_of, check_same_base, check_shapes
+from codelora.models.lora import check_adapter_dir, count_parameters, load_adapter
+from codelora.models.sources import load_base, pick_device
 
 MERGE_STAGES = 4  # the stage() calls of merged_model: base, adapter, merge, parity check
 
@@ -38,12 +44,6 @@ class Merged:
 def merged_model(run_dir: Path, mc: MergeConfig, dev: str, stage=no_stages) -> Merged:
     """Load the adapter of `run_dir` on its base, merge it, and gate the merge (ParityError if unfaithful).
     `stage(name)` is told as each of its MERGE_STAGES stages starts (a caller's console.Stages bar)."""
-    from codelora.console import say
-    from codelora.data.prompts import PromptFormat
-    from codelora.models.adapters import base_model_of, check_same_base, check_shapes
-    from codelora.models.lora import count_parameters, load_adapter
-    from codelora.models.sources import load_base
-
     model_cfg = base_model_of(run_dir)
     model_cfg.quantize = "none"  # merge into full-precision weights
     stage("loading the base model")
@@ -83,12 +83,6 @@ def merged_model(run_dir: Path, mc: MergeConfig, dev: str, stage=no_stages) -> M
 
 def merge(run_dir: str | Path, out: str | Path, mc: MergeConfig | None = None, overwrite: bool = False) -> dict:
     """Merge the adapter in `run_dir` into its base and write the full model to `out`."""
-    from codelora.console import say
-    from codelora.io.files import write_json_atomic
-    from codelora.io.rundir import MERGE_REPORT, staged_run_dir
-    from codelora.models.lora import check_adapter_dir
-    from codelora.models.sources import pick_device
-
     run_dir, out = check_adapter_dir(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise CodeloraError(f"{out} exists; pass --overwrite to replace it")

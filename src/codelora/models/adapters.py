@@ -17,6 +17,7 @@ from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ModelConfig
 from codelora.config_parse import load_config_file, parse_config
 from codelora.errors import ModelError
 from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG, MANIFEST
+from codelora.models.sources import codelora_home
 
 
 def base_model_of(adapter_dir: Path) -> ModelConfig:
@@ -39,8 +40,6 @@ def _peft_base_name(adapter_dir: Path) -> str | None:
 
 
 def _embedded_cache() -> str:
-    from codelora.models.sources import codelora_home
-
     return os.path.realpath(codelora_home() / "models" / EMBEDDED_MODEL)
 
 

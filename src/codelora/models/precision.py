@@ -18,6 +18,7 @@ import torch
 
 from codelora.config import AUTO_BF16_MIN_SPEEDUP
 from codelora.console import say
+from codelora.models.sources import resolve_model
 
 PROBE_TOKENS = 512  # rows of the probe matmul: a micro-batch's worth of tokens
 # below this hidden size the matmuls are too small for bf16 to pay (measured ~1x at hidden 32-64),
@@ -87,8 +88,6 @@ def precision_for(setting: str, model_cfg, device: str) -> Precision:
     """`setting` (auto | fp32 | bf16) for the model of `model_cfg` (a ModelConfig) on `device`; on a
     CPU measured on the model's own matmul shape, read from its config."""
     from transformers import AutoConfig
-
-    from codelora.models.sources import resolve_model
 
     shape = (768, 3072)  # a model whose config cannot be read here fails to load right after, with its own message
     if setting != "fp32" and device.startswith("cpu"):

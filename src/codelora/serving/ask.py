@@ -8,6 +8,7 @@ from pathlib import Path
 from codelora.config import EMBEDDED_MODEL, GenerateConfig, ModelConfig, TrainConfig, validated
 from codelora.data.prompts import PromptFormat
 from codelora.decoding.generate import generate_answers
+from codelora.decoding.gguf_model import GgufModel, check_gguf_file, context_for, gguf_tokenizer
 from codelora.errors import CodeloraError
 from codelora.models.adapters import base_model_of, check_same_base
 from codelora.models.lora import is_adapter_dir, load_adapter
@@ -56,8 +57,6 @@ def _print_piece(seq, piece: str) -> None:
 def ask_gguf(question: str, path: str, gen: GenerateConfig | None = None, lora: str | None = None,
              stream: bool = True) -> str:
     """Answer `question` with a GGUF file (and optionally a GGUF LoRA on it) in llama.cpp."""
-    from codelora.decoding.gguf_model import GgufModel, check_gguf_file, context_for, gguf_tokenizer
-
     if not question.strip():
         raise CodeloraError("the question is empty")
     gen = validated(gen or GenerateConfig())

@@ -18,6 +18,9 @@ from codelora.config import GenerateConfig, ModelConfig, ServeConfig
 from codelora.data.prompts import PromptFormat
 from codelora.decoding.batcher import BASE, Batcher, Sequence
 from codelora.errors import CodeloraError
+from codelora.models.lora import load_adapter
+from codelora.models.precision import precision_for
+from codelora.models.sources import load_base, pick_device
 from codelora.serving.adapter_set import AdapterSet
 from codelora.serving.registry import AdapterRegistry, UnknownAdapterError
 
@@ -56,9 +59,6 @@ class Generation:
 class Engine:
     def __init__(self, model_cfg: ModelConfig, registry: AdapterRegistry | None, device: str = ServeConfig.device,
                  max_batch: int = ServeConfig.max_batch, precision: str = ServeConfig.precision):
-        from codelora.models.precision import precision_for
-        from codelora.models.sources import load_base, pick_device
-
         self.device = pick_device(device)
         self.precision = precision_for(precision, model_cfg, self.device)
         self.base, self.tokenizer, self.source = load_base(model_cfg, self.device, dtype=self.precision.dtype)
@@ -199,8 +199,6 @@ class Engine:
 
     # -- adapters (engine thread) -------------------------------------------------------------
     def _attach(self, path, peft_name: str) -> None:
-        from codelora.models.lora import load_adapter
-
         with self._wake:  # submit() reads self.model to name base rows
             wrapped = self.model is self.base
             self.model = load_adapter(self.model, path, adapter_name=peft_name)

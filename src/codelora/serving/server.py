@@ -13,6 +13,8 @@ import uvicorn
 
 from codelora.config import API_KEY_ENV, EMBEDDED_MODEL, ModelConfig, ServeConfig, validated
 from codelora.errors import CodeloraError
+from codelora.models.adapters import base_model_of
+from codelora.serving.registry import AdapterRegistry
 
 
 def is_loopback(host: str) -> bool:
@@ -35,7 +37,6 @@ def pick_base(model: str | None, registry) -> ModelConfig:
     """--model, else the base the adapters were trained on (the first one that says), else the embedded model."""
     if model:
         return ModelConfig(name=model)
-    from codelora.models.adapters import base_model_of
 
     for name in registry.names() if registry else []:
         cfg = base_model_of(registry.resolve(name).path)
@@ -46,9 +47,9 @@ def pick_base(model: str | None, registry) -> ModelConfig:
 
 def serve(adapters: str | None, settings: ServeConfig, model: str | None = None) -> None:
     """Serve the base model (`model`, else the adapters' base) and the adapter folders in `adapters`."""
+    # torch, transformers and fastapi (~3 s) load only once the settings and adapter folders passed their checks
     from codelora.serving.app import create_app
     from codelora.serving.engine import Engine
-    from codelora.serving.registry import AdapterRegistry
 
     if settings.api_key is None:
         settings = dataclasses.replace(settings, api_key=os.environ.get(API_KEY_ENV) or None)

@@ -16,6 +16,8 @@ from codelora.config import RunConfig
 from codelora.config_parse import flatten_config
 from codelora.errors import ConfigError
 from codelora.io.rundir import CHECKPOINTS, LOCK, TRACKERS
+from codelora.tracking.mlflow_log import MlflowTracker
+from codelora.tracking.tensorboard_log import TensorBoardTracker
 
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # tracker -> the codelora extra that installs it
 # the metrics that TensorBoard's hparams view shows beside the config
@@ -110,12 +112,8 @@ def open_trackers(cfg: RunConfig, run_dir: Path, run_name: str) -> Trackers:
     for name in cfg.train.report_to:
         require_extra(name)
         if name == "tensorboard":
-            from codelora.tracking.tensorboard_log import TensorBoardTracker
-
             trackers.append(TensorBoardTracker(run_dir, flat_config(cfg), KEY_METRICS))
         else:
-            from codelora.tracking.mlflow_log import MlflowTracker
-
             trackers.append(MlflowTracker(run_dir, run_name, flat_config(cfg)))
     return Trackers(trackers)
 
