@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 from codelora.io.rundir import ADAPTER_WEIGHTS
+import warm
 
 
 def train_with_codelora(model_dir: Path, data: Path, out: Path, steps: int = 2, extra: tuple = ()) -> Path:
-    r = subprocess.run([sys.executable, "-m", "codelora", "train", "--model", str(model_dir), "--data", str(data),
-                        "--out", str(out), "--max-steps", str(steps), "--lr", "5e-3", *extra],
-                       capture_output=True, text=True, timeout=600)
+    r = warm.run([sys.executable, "-m", "codelora", "train", "--model", str(model_dir), "--data", str(data),
+                  "--out", str(out), "--max-steps", str(steps), "--lr", "5e-3", *extra],
+                 capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 

@@ -5,11 +5,14 @@ import signal
 import subprocess
 import sys
 
+import warm
+
 
 def run_cli(*args, timeout=900, cwd=None):
-    """Run the real console entry point in a fresh process (what a user runs)."""
-    return subprocess.run([sys.executable, "-m", "codelora", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    """Run the real console entry point in its own process (what a user runs), forked from the suite's warm
+    start (tests/warm.py)."""
+    return warm.run([sys.executable, "-m", "codelora", *map(str, args)], capture_output=True, text=True,
+                    timeout=timeout, cwd=cwd)
 
 
 def call_cli(*args) -> subprocess.CompletedProcess:

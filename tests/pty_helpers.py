@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import warm
+
 TESTS = Path(__file__).resolve().parent
 ETA = r"\[\d\d:\d\d<\d\d:\d\d"  # tqdm's [elapsed<remaining: the bar has an ETA
 
@@ -27,8 +29,8 @@ def run_in_pty(code: str, env: dict | None = None, timeout: float = 120) -> str:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                 **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=slave, env=full_env, cwd=TESTS.parent)
+    proc = warm.popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=slave, env=full_env, cwd=TESTS.parent)
     os.close(slave)
     out, deadline = b"", time.monotonic() + timeout
     try:
@@ -59,7 +61,7 @@ def run_command_in_pty(cmd: list[str], cwd: Path, timeout: float) -> tuple[int, 
     """Run `cmd` with stderr on a pseudo-terminal (what a user's shell gives it); (exit code, stderr, stdout)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size (a bare pty has 0x0)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    proc = warm.popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
     chunks = []
 

@@ -6,6 +6,7 @@ import pytest
 
 from cli_helpers import call_cli, run_cli
 from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, EVAL_REPORT, EXEC_CHART, EXEC_REPORT, LOSS_LOG, MANIFEST
+import warm
 
 
 def test_train_eval_ask_on_a_tiny_model(tiny_model_dir, data_file, tmp_path):
@@ -42,8 +43,8 @@ def test_sigterm_from_outside_checkpoints_exits_0_and_resumes(tiny_model_dir, da
     out = tmp_path / "run"
     args = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--out", str(out), "--max-steps", "100000",
             "--save-every", "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "codelora", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = warm.popen([sys.executable, "-m", "codelora", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until training steps are being logged
         log = tmp_path / "run.partial" / LOSS_LOG

@@ -4,7 +4,6 @@ validates, whose base model someone else can load, and whose plain-peft snippet 
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from cli_helpers import run_cli
 from codelora.io.rundir import ADAPTER_CONFIG, EVAL_REPORT, MANIFEST, MODEL_CARD
+import warm
 
 ROOT = Path(__file__).parents[2]
 
@@ -112,8 +112,8 @@ pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenize
 loss = validation_loss(model, data.examples_of("test"), 8, pad, "cpu")
 print(json.dumps({{"sha256": data.curated.sha256, "loss": loss}}))
 """
-    r = subprocess.run([sys.executable, "-c", python_block(card) + check], cwd=out, capture_output=True, text=True,
-                       timeout=900)
+    r = warm.run([sys.executable, "-c", python_block(card) + check], cwd=out, capture_output=True, text=True,
+                 timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     *answer, last = r.stdout.strip().splitlines()
     assert "".join(answer).strip(), "the snippet prints an answer"

@@ -3,7 +3,6 @@ learned the answer format (full fine-tuning), so some of its sampled answers pas
 sampling, execution and training, then rerunning, gives the same final adapter."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 from cli_helpers import call_cli
 from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, CONFIG, MANIFEST, REPORT, REPORT_MD, SECONDS
 from conftest import FUNCS, make_rows, write_jsonl
+import warm
 
 RUNNER = Path(__file__).resolve().parents[1] / "training" / "fault_runner.py"
 OPS = dict(FUNCS)
@@ -55,8 +55,8 @@ def _config(d: Path, out: Path) -> Path:
 
 def _improve(config: Path, fault: str | None = None):
     env = {**__import__("os").environ, **({"FAULT": fault} if fault else {})}
-    return subprocess.run([sys.executable, str(RUNNER), "--quiet", "improve", str(config), "--allow-code-execution"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return warm.run([sys.executable, str(RUNNER), "--quiet", "improve", str(config), "--allow-code-execution"],
+                    capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import yaml
 
 from cli_helpers import run_cli
 from codelora.io.rundir import EVAL_REPORT, MANIFEST
+import warm
 
 # tiny model: hidden 64, q,o 64x64, k,v 64x32 (d_in x d_out), gate/up 64x128, down 128x64; 2 blocks
 QKVO = 64 + 64 + 64 + 32 + 64 + 32 + 64 + 64  # sum of d_in + d_out over q, k, v, o
@@ -38,8 +39,8 @@ def sweep_file(tmp_path, tiny_model_dir, data_file):
 def test_sweep_runs_every_cell_and_a_restart_skips_finished_ones(sweep_file, tmp_path):
     out = tmp_path / "sweep"
     # start the sweep in its own process group, kill it all (-9) once the first cell has finished
-    proc = subprocess.Popen([sys.executable, "-m", "codelora", "sweep", str(sweep_file)], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = warm.popen([sys.executable, "-m", "codelora", "sweep", str(sweep_file)], start_new_session=True,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = out / "cells" / "r=2"
     deadline = time.monotonic() + 300
     while not (first / EVAL_REPORT).is_file():

@@ -11,6 +11,7 @@ from cli_helpers import call_cli, run_cli
 from codelora.io.rundir import ADAPTER_CONFIG, EXPORT_REPORT
 from gguf_helpers import require_llama_cpp, save_tiny_smollm
 from pty_helpers import run_cli_in_pty, stages_shown
+import warm
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,12 +176,11 @@ def test_missing_converters_and_bad_input_are_one_line_errors(adapter, tmp_path,
 
 
 def test_without_llama_cpp_python_export_says_what_to_install(adapter, tmp_path):
-    import subprocess
     import sys
 
     code = ("import sys; sys.modules['llama_cpp'] = None; from codelora.cli import main; "
             f"sys.exit(main(['export', {str(adapter)!r}, '--out', {str(tmp_path / 'out')!r}]))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = warm.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     _one_line_error(r, "llama-cpp-python", "make install-gguf")
     assert _no_output(tmp_path / "out")
 

@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import warm
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,9 +62,9 @@ def running_server(log_dir: Path, *args, env: dict | None = None, host: str = "1
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "codelora", "serve", *map(str, args), "--host", host,
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = warm.popen([sys.executable, "-m", "codelora", "serve", *map(str, args), "--host", host,
+                           "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                          env={**os.environ, **(env or {})})
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + startup_s

@@ -1,6 +1,5 @@
 """`codelora serve` as a user runs it: a real process, real HTTP, real adapters on a tiny model."""
 
-import subprocess
 import sys
 import threading
 import time
@@ -9,6 +8,7 @@ import pytest
 
 from adapters_helpers import save_other_base_model, save_plain_peft, train_with_codelora
 from server_helpers import running_server
+import warm
 
 SECRET = "Zebra-Quasar-7781 reverse a string"
 
@@ -216,9 +216,9 @@ def test_requests_over_the_queue_bound_get_429(registry, tiny_model_dir, tmp_pat
 
 
 def test_non_loopback_address_needs_an_api_key(registry, tiny_model_dir, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "codelora", "serve", "--adapters", str(registry), "--host", "0.0.0.0"],
-                       capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
-                                                                        "CODELORA_API_KEY": ""})
+    r = warm.run([sys.executable, "-m", "codelora", "serve", "--adapters", str(registry), "--host", "0.0.0.0"],
+                 capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
+                                                                  "CODELORA_API_KEY": ""})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "CODELORA_API_KEY" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

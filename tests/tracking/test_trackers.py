@@ -4,7 +4,6 @@ run leaves one value per step in both."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from cli_helpers import run_cli
 from codelora.io.rundir import EVAL_REPORT, LOSS_LOG
+import warm
 
 RUNNER = Path(__file__).parents[1] / "training" / "fault_runner.py"
 TRACKERS = "train.report_to=[tensorboard,mlflow]"
@@ -97,7 +97,7 @@ def test_kill_9_then_resume_continues_the_same_tracker_runs_without_duplicate_st
     out = tmp_path / "runs" / "resumed"
     cmd = ["train", *train_args(tiny_model_dir, data_file, out, "--save-every", "3")]
     env = os.environ | {"FAULT": "loss:6:KILL"}  # 8 rows x 4 per batch: training call 6 is step 6 (after step 5)
-    killed = subprocess.run([sys.executable, str(RUNNER), *cmd], capture_output=True, text=True, env=env, timeout=300)
+    killed = warm.run([sys.executable, str(RUNNER), *cmd], capture_output=True, text=True, env=env, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = out.with_name("resumed.partial")
     before = loss_log(partial, "train")
@@ -105,8 +105,8 @@ def test_kill_9_then_resume_continues_the_same_tracker_runs_without_duplicate_st
     client, runs = mlflow_runs(out.parent)
     assert [s for s, _ in mlflow_history(client, runs[0].info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
 
-    resumed = subprocess.run([sys.executable, str(RUNNER), *cmd, "--resume"], capture_output=True, text=True,
-                             timeout=300)
+    resumed = warm.run([sys.executable, str(RUNNER), *cmd, "--resume"], capture_output=True, text=True,
+                       timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step-00000003" in resumed.stderr and "continuing MLflow run" in resumed.stderr
     train, val = loss_log(out, "train"), loss_log(out, "validation")
@@ -140,9 +140,9 @@ def test_a_missing_tracker_library_is_one_line_naming_the_extra(tiny_model_dir, 
     code = (f"import sys; sys.modules[{hidden!r}] = None\n"  # as if the library were not installed
             "from codelora.cli import main\nsys.exit(main(sys.argv[1:]))")
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-c", code, "train", "--model", str(tiny_model_dir), "--data", str(data_file),
-                        "--out", str(out), "--max-steps", "1", "--set", f"train.report_to=[{tracker}]"],
-                       capture_output=True, text=True, timeout=120)
+    r = warm.run([sys.executable, "-c", code, "train", "--model", str(tiny_model_dir), "--data", str(data_file),
+                  "--out", str(out), "--max-steps", "1", "--set", f"train.report_to=[{tracker}]"],
+                 capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (f"codelora: error: train.report_to includes {tracker}, which needs "
                                                  f"its library: pip install 'codelora[{extra}]'")

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, EVAL_REPORT, LOSS_LOG, MANIFEST, checkpoint_name
+import warm
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
 
@@ -33,8 +34,8 @@ def train_cmd(model_dir, data_file, out, save_every=3, *extra):
 
 def run(args, fault=None, timeout=300):
     env = {**__import__("os").environ, **({"FAULT": fault} if fault else {})}
-    return subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return warm.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=timeout,
+                    env=env)
 
 
 def train_losses(run_dir):

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 from codelora.config_parse import load_config_file, parse_config
 from codelora.io.rundir import ADAPTER_WEIGHTS, CONFIG, LOSS_CURVE, LOSS_LOG, MANIFEST, staged_run_dir
 from codelora.training.train import train
+import warm
 
 RUN_FILES = ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "manifest.json",
              "loss_log.jsonl", "loss_curve.png", "splits.json"]
@@ -106,8 +107,8 @@ def test_two_processes_under_torchrun_write_one_adapter_equal_to_one_process(tin
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
-    one = subprocess.run([sys.executable, "-m", "codelora", *common, "--set", "train.grad_accum=2",
-                          "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600, env=env)
+    one = warm.run([sys.executable, "-m", "codelora", *common, "--set", "train.grad_accum=2",
+                    "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp", "single"]  # one run dir, no leftovers
     a, b = load_file(tmp_path / "ddp" / ADAPTER_WEIGHTS), load_file(tmp_path / "single" / ADAPTER_WEIGHTS)
