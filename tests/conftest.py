@@ -153,6 +153,25 @@ def tiny_plain_model_dir(tmp_path_factory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama_plain"), chat_template=False)
 
 
+@dataclass
+class EmbeddedBase:
+    converted: bool  # this session converted the embedded GGUF into its empty cache
+    stderr: str  # what the conversion printed
+
+
+@pytest.fixture(scope="session")
+def embedded_base(codelora_home) -> EmbeddedBase:
+    """The embedded model in the session's cache, converted (~20 s) at most once per session: every
+    real-model test reads the cache, and tests/models/test_sources.py checks the conversion done here."""
+    import warm
+
+    code = "from codelora.config import ModelConfig; from codelora.models.sources import resolve_model; " \
+           "resolve_model(ModelConfig())"
+    r = warm.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return EmbeddedBase("converting the embedded model" in r.stderr, r.stderr)
+
+
 EMBEDDED_RUN_ARGS = (
     "run", "configs/demo.yaml", "--max-steps", "3",
     # lr 5e-3: three steps change the model enough for its answers to differ from the base's
@@ -173,7 +192,7 @@ class EmbeddedRun:
 
 
 @pytest.fixture(scope="session")
-def embedded_run(tmp_path_factory) -> EmbeddedRun:
+def embedded_run(tmp_path_factory, embedded_base) -> EmbeddedRun:
     """`codelora run configs/demo.yaml` on the real embedded SmolLM2 (3 steps on the real data head, eval
     on 4 test rows and 2 tasks), its stderr on a terminal: trained once per session and shared by every
     test of the real model's run outputs (end to end, model card, merge, GGUF, web page, improve)."""

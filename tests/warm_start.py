@@ -28,22 +28,30 @@ import traceback
 import types
 
 
-def preload() -> None:
-    """Import the heavy libraries and every codelora module (an optional extra that is not installed is
-    skipped: a command that needs it imports it in the child and fails there, as it would). No torch
-    operation runs here: OpenMP's threads start in each child, with its own environment."""
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy modules)
+# what codelora's commands import inside functions (docs/decisions.md, function-level imports), beside
+# torch, transformers and peft: metrics, charts, trackers, data formats, GGUF, serving
+LAZY = ("sacrebleu", "rouge_score.rouge_scorer", "matplotlib.pyplot", "datasketch", "pyarrow.parquet", "datasets",
+        "mlflow", "torch.utils.tensorboard", "pygments.lexers", "pygments.formatters", "gguf", "uvicorn")
 
+
+def preload() -> None:
+    """Import the heavy libraries and every codelora module. A library that is not installed is skipped (a
+    command that needs it fails in the child, as it would); a test that hides one (sys.modules[name] =
+    None) hides it in its child all the same. No torch operation runs here: OpenMP's threads start in each
+    child, with the child's environment."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # what codelora.io.figures selects before its first chart
+    names = ["torch", "transformers", "peft", *LAZY]
     import codelora
 
-    for mod in pkgutil.walk_packages(codelora.__path__, "codelora."):
-        if mod.name != "codelora.__main__":
-            try:
-                importlib.import_module(mod.name)
-            except ImportError:
-                pass
+    names += [m.name for m in pkgutil.walk_packages(codelora.__path__, "codelora.") if m.name != "codelora.__main__"]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy modules)
 
 
 def exit_code(e: SystemExit) -> int:

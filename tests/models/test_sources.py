@@ -30,14 +30,20 @@ def test_unknown_hub_id_offline_is_one_clear_line():
 
 
 @pytest.mark.slow
-def test_embedded_model_is_converted_once_then_cached(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CODELORA_HOME", str(tmp_path))  # an empty cache: the GGUF must be converted
+def test_embedded_model_is_converted_once_then_cached(embedded_base, tmp_path, monkeypatch, capsys):
+    if embedded_base.converted:  # the session's cache was empty: its conversion (conftest) is the one checked
+        printed = embedded_base.stderr
+    else:  # a cache filled before this session (CODELORA_TEST_HOME): convert into an empty one
+        monkeypatch.setenv("CODELORA_HOME", str(tmp_path))
+        resolve_model(ModelConfig())
+        printed = capsys.readouterr().err
+    assert "converting the embedded model" in printed
     model, tok, source = load_base(ModelConfig(), "cpu")
-    assert "converting the embedded model" in capsys.readouterr().err
+    assert "converting" not in capsys.readouterr().err
     cache = codelora_home() / "models" / "smollm2-135m"
     assert source.kind == "embedded" and source.path == str(cache)
     assert source.details["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and len(source.details["gguf_sha256"]) == 64
-    assert (cache / "model.safetensors").is_file() and not list(tmp_path.glob("models/.smollm2-135m-*"))
+    assert (cache / "model.safetensors").is_file() and not list(cache.parent.glob(".smollm2-135m-*"))
     assert model.dtype == torch.float32
     assert sum(p.numel() for p in model.parameters()) == 134_515_008  # tied embeddings counted once
     assert tok.pad_token_id == tok.convert_tokens_to_ids("<|im_end|>")
@@ -72,6 +78,10 @@ def test_embedded_model_is_converted_once_then_cached(tmp_path, monkeypatch, cap
     load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
     assert copy.stat().st_mtime_ns == stamp  # made once
     source_file = cache / "codelora_source.json"
-    source_file.write_text(source_file.read_text().replace(source.details["gguf_sha256"], "0" * 64))
-    load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
-    assert copy.stat().st_mtime_ns != stamp  # made again from a float32 cache of another GGUF
+    recorded = source_file.read_text()
+    source_file.write_text(recorded.replace(source.details["gguf_sha256"], "0" * 64))
+    try:
+        load_base(ModelConfig(), "cpu", dtype=torch.bfloat16)
+        assert copy.stat().st_mtime_ns != stamp  # made again from a float32 cache of another GGUF
+    finally:
+        source_file.write_text(recorded)  # the cache may be the session's: leave it as it was
