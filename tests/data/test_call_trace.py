@@ -65,6 +65,8 @@ def trace_train(model_dir, data_file, out, task: str, targets: list[str] | None 
                         "data": {"source": str(data_file)},
                         "lora": {"r": 4, "alpha": 8, **({"target_modules": targets} if targets else {})},
                         "train": {"max_steps": 1, "batch_size": 8}})
+    with staged_run_dir(out.with_name(out.name + "-untraced")) as d:
+        train(cfg, d)  # once untraced: what train imports on first use is imported (a profiled import is slow)
     with staged_run_dir(out) as d:
         return module_visits(lambda: train(cfg, d))
 

@@ -167,7 +167,7 @@ def test_improve_on_the_embedded_model(embedded_adapter, tmp_path):
     config.write_text(yaml.safe_dump({
         "out": str(tmp_path / "out"), "start": str(embedded_adapter), "tasks": [str(tmp_path / "tasks.jsonl")],
         "heldout": [str(tmp_path / "heldout.jsonl")], "rounds": 1, "samples": 2, "generate": {"max_new_tokens": 96},
-        "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0}}))
+        "measure_final": False, "set": {"train.max_steps": 2, "train.save_every": 0, "data.limit": 120}}))
     r = call_cli("improve", config, "--allow-code-execution")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / REPORT).read_text())

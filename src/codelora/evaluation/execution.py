@@ -8,6 +8,7 @@ completion runs in the sandbox (sandbox.py), two at a time (one per core).
 from __future__ import annotations
 
 import json
+import queue
 import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -164,21 +165,25 @@ def execute(tasks: list[Task], completions: dict[str, list[str]], limits: Limits
     """Run every completion of every task in the sandbox; one worker slot (uid) per thread. A bar
     (unit "program", labelled `desc`) moves as each program finishes."""
     jobs = [(t, i, c) for t in tasks for i, c in enumerate(completions.get(t.task_id, []))]
-    slots = list(range(workers))
+    free_slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # one slot per running program
+    for k in range(workers):
+        free_slots.put(k)
 
     def run(job_index: int):
         task, _, completion = jobs[job_index]
-        slot = slots[job_index % workers]
-        return run_sample(sample_for(task, completion, from_chat), limits, slot)
+        slot = free_slots.get()  # never waits: the pool runs at most `workers` programs at once
+        try:
+            return run_sample(sample_for(task, completion, from_chat), limits, slot)
+        finally:
+            free_slots.put(slot)
 
-    # jobs i and i + workers never overlap in time on the same slot: run in chunks of `workers`
-    outcomes: list[Outcome] = []
+    # a plain pool: each worker takes the next program as soon as its own ends (the sandbox's uid locks keep
+    # two programs, of this process or another, off one uid)
     with ThreadPoolExecutor(max_workers=workers) as pool, progress(total=len(jobs), desc=desc, unit="program") as bar:
-        for start in range(0, len(jobs), workers):
-            chunk = [pool.submit(run, i) for i in range(start, min(start + workers, len(jobs)))]
-            for _ in as_completed(chunk):
-                bar.update(1)
-            outcomes += [f.result() for f in chunk]
+        futures = [pool.submit(run, i) for i in range(len(jobs))]
+        for _ in as_completed(futures):
+            bar.update(1)
+        outcomes = [f.result() for f in futures]
     by_task: dict[str, list[Outcome]] = {t.task_id: [] for t in tasks}
     for (task, _, _), outcome in zip(jobs, outcomes):
         by_task[task.task_id].append(outcome)
