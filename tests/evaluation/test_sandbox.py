@@ -11,7 +11,8 @@ import pytest
 
 from codelora.evaluation.sandbox import UID_BASE, UIDS, Limits, isolation, run_program
 
-LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=512, processes=32, file_mb=8)
+# 3 s: three programs of the corpus (fork flood, setsid escape, infinite loop) end by the timeout
+LIMITS = Limits(timeout_s=3, cpu_s=3, memory_mb=512, processes=32, file_mb=8)
 SPARE = UIDS - 1  # a slot no concurrent sample takes (they start from slot 0): its uid's processes are ours
 
 

@@ -10,7 +10,8 @@ import pytest
 from codelora.evaluation import sandbox_runtime as rt
 from codelora.evaluation.sandbox import Limits, isolation, run_program
 
-LIMITS = Limits(timeout_s=8, cpu_s=8, memory_mb=512, processes=32, file_mb=8)
+# 4 s: one forgery (answering the harness's call itself) blocks until the timeout ends it
+LIMITS = Limits(timeout_s=4, cpu_s=4, memory_mb=512, processes=32, file_mb=8)
 TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(10, -4) == 6\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 

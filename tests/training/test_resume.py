@@ -197,8 +197,8 @@ def test_kill_9_and_resume_on_the_embedded_model(shared_head, tmp_path):
     """The real SmolLM2-135M: kill -9 inside step 3 of 4, resume from the step-2 checkpoint."""
     def cmd(out):
         return ["train", "--data", str(shared_head), "--limit", "40", "--out", str(out), "--max-steps", "4",
-                "--batch-size", "4", "--lora-r", "4", "--lora-dropout", "0.05", "--save-every", "2",
-                "--set", "data.max_length=256", "--set", "train.max_batch_tokens=4096"]  # one loss call per micro-batch
+                "--batch-size", "2", "--lora-r", "4", "--lora-dropout", "0.05", "--save-every", "2",
+                "--set", "data.max_length=128", "--set", "train.max_batch_tokens=4096"]  # one loss call per micro-batch
 
     ref = run(cmd(tmp_path / "ref"), timeout=900)
     assert ref.returncode == 0, ref.stderr[-2000:]
