@@ -179,8 +179,8 @@ def run(cmd, *, capture_output=False, timeout=None, check=False, input=None, **k
 
 
 def _socket() -> str:
-    """Start the warm start once per test session; it ends with the session."""
-    if "path" not in _server:
+    """Start the warm start once per test session (again if it has died); it ends with the session."""
+    if "path" not in _server or _server["proc"].poll() is not None:
         folder = tempfile.mkdtemp(prefix="codelora-warm-")
         path, log = os.path.join(folder, "socket"), Path(folder, "log")
         with open(log, "w") as err:
@@ -191,5 +191,5 @@ def _socket() -> str:
         if proc.stdout.readline().strip() != "ready":
             proc.kill()
             raise RuntimeError(f"the warm start did not start:\n{log.read_text()}")
-        _server["path"] = path
+        _server.update(path=path, proc=proc)
     return _server["path"]

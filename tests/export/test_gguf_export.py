@@ -150,6 +150,28 @@ def test_an_architecture_llama_cpp_lacks_is_refused_with_nothing_written(tmp_pat
     assert _no_output(out)
 
 
+def test_the_converters_model_list_is_kept_per_version_of_the_scripts(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from codelora.export.converters import converter_dir, listing_cache, supported_architectures
+
+    monkeypatch.setenv("CODELORA_HOME", str(tmp_path / "home"))
+    cache = listing_cache()
+    assert not cache.exists()
+    listed = supported_architectures()  # asks the converter (~3 s) and keeps its answer
+    assert {"LlamaForCausalLM", "Qwen2ForCausalLM"} <= listed and "OPTForCausalLM" not in listed
+    assert set(cache.read_text().split()) == listed
+    cache.write_text("LlamaForCausalLM\nKeptForCausalLM\n")
+    assert supported_architectures() == {"LlamaForCausalLM", "KeptForCausalLM"}  # read back, not asked again
+    copy = shutil.copytree(converter_dir(), tmp_path / "converters")
+    monkeypatch.setenv("CODELORA_LLAMA_CPP", str(copy))
+    assert listing_cache() == cache  # the same scripts: the same list
+    script = copy / "convert_hf_to_gguf.py"
+    os.utime(script, ns=(script.stat().st_atime_ns, script.stat().st_mtime_ns + 1))
+    assert listing_cache() != cache  # a changed script is asked again
+
+
 def test_what_gguf_lora_cannot_hold_is_refused(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -9,6 +9,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 from codelora.errors import CodeloraError
+from codelora.io.files import write_text_atomic
+from codelora.models.sources import codelora_home
 
 CONVERTERS_ENV = "CODELORA_LLAMA_CPP"
 INSTALL_HINT = "make install-gguf"
@@ -43,12 +46,35 @@ def _run(script: str, args: list[str], what: str) -> str:
     return r.stdout + r.stderr
 
 
-def check_architecture(architecture: str | None, model: str) -> None:
-    """Refuse, before any work, a model whose architecture llama.cpp's converter does not know."""
+def listing_cache() -> Path:
+    """Where the supported architectures of the converter scripts in `converter_dir()` are kept."""
+    d = converter_dir()
+    stamp = hashlib.sha256("".join(f"{p.relative_to(d)} {p.stat().st_size} {p.stat().st_mtime_ns}\n"
+                                   for p in sorted(d.rglob("*.py"))).encode()).hexdigest()[:16]
+    return codelora_home() / "llama.cpp" / f"supported-{stamp}.txt"
+
+
+def supported_architectures() -> set[str]:
+    """The text-model architectures llama.cpp's converter knows. Its `--print-supported-models` takes ~3 s
+    (the script imports torch), so the list is kept under CODELORA_HOME, one file per version of the
+    converter scripts (their names, sizes and times)."""
+    cache = listing_cache()
+    if cache.is_file():
+        return set(cache.read_text().split())
     listing = _run("convert_hf_to_gguf.py", ["--print-supported-models"], "anything (listing its models)")
     text_models = listing.split("TEXT models:")[-1].split("models:")[0]
     supported = set(re.findall(r"^\s*-\s*(\S+)", text_models, flags=re.M))
-    if architecture not in supported:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, "\n".join(sorted(supported)) + "\n")
+    except OSError:  # a read-only home: list again next time
+        pass
+    return supported
+
+
+def check_architecture(architecture: str | None, model: str) -> None:
+    """Refuse, before any work, a model whose architecture llama.cpp's converter does not know."""
+    if architecture not in supported_architectures():
         raise ExportError(f"llama.cpp does not support the architecture {architecture} of {model}, so it cannot be "
                           f"exported as GGUF (codelora merge still works)")
 
