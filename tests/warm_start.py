@@ -29,19 +29,19 @@ import types
 
 
 # what codelora's commands import inside functions (docs/decisions.md, function-level imports), beside
-# torch, transformers and peft: metrics, charts, trackers, data formats, GGUF, serving
-LAZY = ("sacrebleu", "rouge_score.rouge_scorer", "matplotlib.pyplot", "datasketch", "pyarrow.parquet", "datasets",
+# torch, transformers, peft and matplotlib: metrics, trackers, data formats, GGUF, serving
+LAZY = ("sacrebleu", "rouge_score.rouge_scorer", "datasketch", "pyarrow.parquet", "datasets",
         "mlflow", "torch.utils.tensorboard", "pygments.lexers", "pygments.formatters", "gguf", "uvicorn")
 
 
 def preload() -> None:
-    """Import the heavy libraries and every codelora module. A library that is not installed is skipped (a
-    command that needs it fails in the child, as it would); a test that hides one (sys.modules[name] =
-    None) hides it in its child all the same. No torch operation runs here: OpenMP's threads start in each
-    child, with the child's environment."""
-    import matplotlib
+    """Import the heavy libraries and every codelora module. A library that is not installed (or fails to
+    import) is skipped: a command that needs it fails in the child, as it would; a test that hides one
+    (sys.modules[name] = None) hides it in its child all the same. No torch operation runs here: OpenMP's
+    threads start in each child, with the child's environment."""
+    from codelora.io.figures import pyplot
 
-    matplotlib.use("Agg")  # what codelora.io.figures selects before its first chart
+    pyplot()  # matplotlib on the Agg backend, as codelora selects it before its first chart
     names = ["torch", "transformers", "peft", *LAZY]
     import codelora
 
@@ -49,7 +49,7 @@ def preload() -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError:
+        except Exception:  # not installed, or failing here: the child imports it itself and fails as it would
             pass
     from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy modules)
 
