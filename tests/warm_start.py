@@ -28,30 +28,39 @@ import traceback
 import types
 
 
-# what codelora's commands import inside functions (docs/decisions.md, function-level imports), beside
-# torch, transformers, peft and matplotlib: metrics, trackers, data formats, GGUF, serving
-LAZY = ("sacrebleu", "rouge_score.rouge_scorer", "datasketch", "pyarrow.parquet", "datasets",
-        "mlflow", "torch.utils.tensorboard", "pygments.lexers", "pygments.formatters", "gguf", "uvicorn")
-
-
 def preload() -> None:
-    """Import the heavy libraries and every codelora module. A library that is not installed (or fails to
-    import) is skipped: a command that needs it fails in the child, as it would; a test that hides one
-    (sys.modules[name] = None) hides it in its child all the same. No torch operation runs here: OpenMP's
-    threads start in each child, with the child's environment."""
+    """Import every codelora module and every library codelora imports inside a function (found by
+    test_architecture.function_level_imports: torch, transformers, peft, metrics, charts, trackers, ...).
+    A library that is not installed (or fails to import) is skipped: a command that needs it fails in the
+    child, as it would; a test that hides one (sys.modules[name] = None) hides it in its child all the same.
+    No torch operation runs here: OpenMP's threads start in each child, with the child's environment."""
+    from test_architecture import OTHER_INTERPRETER, function_level_imports
+
     from codelora.io.figures import pyplot
 
     pyplot()  # matplotlib on the Agg backend, as codelora selects it before its first chart
-    names = ["torch", "transformers", "peft", *LAZY]
     import codelora
 
-    names += [m.name for m in pkgutil.walk_packages(codelora.__path__, "codelora.") if m.name != "codelora.__main__"]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # not installed, or failing here: the child imports it itself and fails as it would
-            pass
-    from transformers import AutoModelForCausalLM  # noqa: F401  (transformers' lazy modules)
+    for mod in pkgutil.walk_packages(codelora.__path__, "codelora."):
+        if mod.name != "codelora.__main__":
+            _load(mod.name)
+    for rel, _, module, names in function_level_imports():
+        if rel not in OTHER_INTERPRETER and not module.startswith((".", "codelora")):
+            _load(module, names)
+
+
+def _load(module: str, names: tuple[str, ...] = ()) -> None:
+    """`import module` / `from module import names` (a name may be a submodule, or one of transformers'
+    lazily loaded classes)."""
+    try:
+        loaded = importlib.import_module(module)
+        for name in names:
+            try:
+                importlib.import_module(f"{module}.{name}")  # a submodule
+            except ImportError:
+                getattr(loaded, name, None)  # a class or function (transformers loads its classes lazily)
+    except Exception:  # not installed, or failing here: the child imports it itself and fails as it would
+        pass
 
 
 def exit_code(e: SystemExit) -> int:
