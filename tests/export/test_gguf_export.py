@@ -154,7 +154,8 @@ def test_the_converters_model_list_is_kept_per_version_of_the_scripts(tmp_path, 
     import os
     import shutil
 
-    from codelora.export.converters import converter_dir, listing_cache, supported_architectures
+    from codelora.export.converters import (check_architecture, converter_dir, listing_cache,
+                                            supported_architectures)
 
     monkeypatch.setenv("CODELORA_HOME", str(tmp_path / "home"))
     cache = listing_cache()
@@ -164,6 +165,9 @@ def test_the_converters_model_list_is_kept_per_version_of_the_scripts(tmp_path, 
     assert set(cache.read_text().split()) == listed
     cache.write_text("LlamaForCausalLM\nKeptForCausalLM\n")
     assert supported_architectures() == {"LlamaForCausalLM", "KeptForCausalLM"}  # read back, not asked again
+    cache.write_text("")  # a damaged list refuses nothing llama.cpp supports: the converter is asked first
+    check_architecture("Qwen2ForCausalLM", "a model")
+    assert set(cache.read_text().split()) == listed
     copy = shutil.copytree(converter_dir(), tmp_path / "converters")
     monkeypatch.setenv("CODELORA_LLAMA_CPP", str(copy))
     assert listing_cache() == cache  # the same scripts: the same list

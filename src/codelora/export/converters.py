@@ -54,13 +54,16 @@ def listing_cache() -> Path:
     return codelora_home() / "llama.cpp" / f"supported-{stamp}.txt"
 
 
-def supported_architectures() -> set[str]:
+def supported_architectures(ask: bool = False) -> set[str]:
     """The text-model architectures llama.cpp's converter knows. Its `--print-supported-models` takes ~3 s
     (the script imports torch), so the list is kept under CODELORA_HOME, one file per version of the
-    converter scripts (their names, sizes and times)."""
+    converter scripts (their names, sizes and times); `ask`: ask the converter again all the same."""
     cache = listing_cache()
-    if cache.is_file():
-        return set(cache.read_text().split())
+    if cache.is_file() and not ask:
+        try:
+            return set(cache.read_text().split())
+        except (OSError, UnicodeDecodeError):  # unreadable: ask again
+            pass
     listing = _run("convert_hf_to_gguf.py", ["--print-supported-models"], "anything (listing its models)")
     text_models = listing.split("TEXT models:")[-1].split("models:")[0]
     supported = set(re.findall(r"^\s*-\s*(\S+)", text_models, flags=re.M))
@@ -74,7 +77,8 @@ def supported_architectures() -> set[str]:
 
 def check_architecture(architecture: str | None, model: str) -> None:
     """Refuse, before any work, a model whose architecture llama.cpp's converter does not know."""
-    if architecture not in supported_architectures():
+    # a kept list that lacks it (damaged, edited) is checked against the converter before refusing
+    if architecture not in supported_architectures() and architecture not in supported_architectures(ask=True):
         raise ExportError(f"llama.cpp does not support the architecture {architecture} of {model}, so it cannot be "
                           f"exported as GGUF (codelora merge still works)")
 
