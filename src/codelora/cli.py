@@ -7,6 +7,7 @@
     codelora ask "question" [--adapter RUN_DIR]       (serving.ask)
     codelora merge RUN_DIR --out DIR                  (export.merge)
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
+    codelora export RUN_DIR --format vllm --out DIR   the adapter for vLLM, checked (export.vllm_export)
     codelora serve [--adapters DIR]                   (serving.server)
     codelora sweep SWEEP.yaml                         (experiments.sweep)
     codelora improve IMPROVE.yaml                     learn from execution (experiments.improve)
@@ -175,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "merged-vs-adapter parity check", "a run directory (or any peft adapter folder)",
                          "directory for the merged model", MERGE_FLAGS, MergeConfig)
     _add_run_dir_command(sub, "export", "a run as GGUF files for llama.cpp and Ollama (with a Modelfile), checked "
-                         "against the PyTorch model in llama.cpp",
+                         "against the PyTorch model in llama.cpp; or (--format vllm) its adapter checked against "
+                         "vLLM's LoRA rules, with the vllm serve command",
                          "a run directory (an adapter, or the whole model of a full / top-K run)",
-                         "directory for the GGUF files, Modelfile and export_report.json", EXPORT_FLAGS, ExportConfig)
+                         "directory for the GGUF files, Modelfile and export_report.json (vllm: the adapter, "
+                         "vllm_serve.sh, load_lora_adapter.json)", EXPORT_FLAGS, ExportConfig)
 
     p = sub.add_parser("serve", help="HTTP API and web page: one base model, adapters chosen per request")
     p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")
@@ -328,9 +331,13 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from codelora.export.gguf_export import export
+    ec = section(ExportConfig, given(args, EXPORT_FLAGS))
+    if ec.format == "vllm":
+        from codelora.export.vllm_export import export
+    else:
+        from codelora.export.gguf_export import export
 
-    export(args.run_dir, args.out, section(ExportConfig, given(args, EXPORT_FLAGS)), overwrite=args.overwrite)
+    export(args.run_dir, args.out, ec, overwrite=args.overwrite)
     return 0
 
 

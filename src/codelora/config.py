@@ -34,6 +34,7 @@ API_KEY_ENV = "CODELORA_API_KEY"
 # precision auto on a CPU: bf16 only when a bf16 matmul of the model's shape measures this much
 # faster than fp32 (models/precision.py; the non-matmul work does not speed up)
 AUTO_BF16_MIN_SPEEDUP = 1.8
+DISTRIBUTED = ("auto", "ddp", "fsdp")  # train.distributed (training/distributed.py, training/sharding.py)
 REPORT_TO = ("tensorboard", "mlflow")  # experiment trackers (codelora/tracking), each an optional extra
 
 
@@ -225,6 +226,16 @@ class TrainConfig:
     device: str = device_option("auto")
     precision: str = precision_option("auto", "compute precision of training (and of `ask`)")
     gradient_checkpointing: bool = option(False, "trade ~30% more compute for much less activation memory")
+    distributed: str = option("auto", "how several processes (torchrun / accelerate launch) share the work: ddp (each "
+                                      "holds the whole model; the gradients of what trains are summed), fsdp (torch "
+                                      "FSDP2: every weight sharded across the processes, one decoder block gathered at "
+                                      "a time; checkpoints sharded, resumable on another number of processes); auto: "
+                                      "ddp", choices=DISTRIBUTED)
+    fsdp_cpu_offload: bool = option(False, "fsdp on GPUs: keep the parameter shards, gradients and optimizer state in "
+                                           "CPU memory (slower; for bases that do not fit the GPUs even sharded)")
+    dist_timeout_s: int = option(600, "seconds a process waits for the others (a collective, the rendezvous of the "
+                                      "process group) before the run ends with an error naming the checkpoint to "
+                                      "resume from", bounds=AT_LEAST_1)
     save_every: int = option(50, "checkpoint every N optimizer steps (and at the last); 0 = only on SIGTERM/Ctrl-C",
                              bounds=NON_NEGATIVE, hint=" (0: checkpoint only when stopped)")
     report_to: list[str] = option(help="experiment trackers that receive the run: tensorboard (event files in the "
@@ -330,8 +341,10 @@ class ExportConfig:
     """`codelora export`: GGUF files for llama.cpp / Ollama and the parity check in llama.cpp."""
 
     format: str = option("gguf", "gguf: the whole (merged) model, one file per --quant; gguf-lora: the adapter "
-                                 "alone as a GGUF LoRA, plus the base model as f16 GGUF to apply it on",
-                         choices=("gguf", "gguf-lora"))
+                                 "alone as a GGUF LoRA, plus the base model as f16 GGUF to apply it on; vllm: the "
+                                 "adapter checked against vLLM's LoRA rules, with its vllm serve command (the other "
+                                 "options are for GGUF)",
+                         choices=("gguf", "gguf-lora", "vllm"))
     quant: str = option("q4_k_m", "comma-separated quantizations to write (format gguf): f16, q8_0, q4_k_m",
                         pattern=(r"(f16|q8_0|q4_k_m)(,(f16|q8_0|q4_k_m))*", "f16, q8_0 and/or q4_k_m, "
                                  "comma-separated"))

@@ -96,17 +96,26 @@ def supervised_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def validation_loss(model, examples: list[Example], batch_size: int, pad_id: int, device: str, dist=None) -> float:
-    """Token-weighted mean loss; with several processes each takes every world-th batch and the sums are reduced."""
+def validation_loss(model, examples: list[Example], batch_size: int, pad_id: int, device: str, dist=None,
+                    loss_fn=None) -> float:
+    """Token-weighted mean loss; with several processes each takes every world-th batch and the sums are reduced.
+
+    `loss_fn(batch) -> (sum, count)` replaces supervised_loss_sum(model, batch): a sharded model's
+    forward is a collective, so then every process also runs the same number of passes.
+    """
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     idx_batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = idx_batches[rank::world]
+    passes = len(idx_batches[0::world]) if loss_fn is not None else len(mine)  # process 0 has the most
+    mine += idx_batches[:1] * (passes - len(mine))  # extra passes, not counted
     total, count = 0.0, 0
-    for batch in device_batches(examples, idx_batches[rank::world], pad_id, device):
-        s, n = supervised_loss_sum(model, batch)
-        total += float(s)
-        count += n
+    for k, batch in enumerate(device_batches(examples, mine, pad_id, device)):
+        s, n = loss_fn(batch) if loss_fn is not None else supervised_loss_sum(model, batch)
+        if k < len(idx_batches[rank::world]):
+            total += float(s)
+            count += n
     if world > 1:
         sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         dist.all_reduce_([sums])

@@ -9,6 +9,10 @@ A checkpoint is a directory `checkpoints/step-00000012/` holding
     trainer_state.json                                step, epoch, data position, scheduler, loss log
     checkpoint.json                                   the manifest: sha256 and size of every file above
 
+A train.distributed fsdp run holds `.metadata` and `__R_0.distcp` (torch.distributed.checkpoint:
+each process's shards of the weights that train and of the optimizer state) instead of the
+weights and optimizer.pt; see sharded_checkpoint.py.
+
 It is written into `checkpoints/.tmp-step-.../`, every file fsynced, and renamed into place: a
 reader sees a whole checkpoint or none. Checkpoints are only taken between optimizer steps, so no
 half-accumulated gradient ever needs saving: a kill inside an accumulation window replays the
@@ -40,6 +44,7 @@ OPTIMIZER = "optimizer.pt"
 RNG = "rng_state.pt"
 STATE = "trainer_state.json"
 TMP_PREFIX = ".tmp-"
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
 
 
 class CheckpointError(CodeloraError):
@@ -53,8 +58,12 @@ class Checkpoint:
     files: dict[str, dict]
 
     @property
+    def sharded(self) -> bool:
+        return DCP_METADATA in self.files
+
+    @property
     def complete(self) -> bool:
-        return OPTIMIZER in self.files and RNG in self.files
+        return (self.sharded or OPTIMIZER in self.files) and RNG in self.files
 
     def state(self) -> dict:
         return json.loads((self.path / STATE).read_text(encoding="utf-8"))
@@ -123,27 +132,38 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
             save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
                       tmp / TRAINABLE)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-        torch.save(rng_state(), tmp / RNG)
-        (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
-        files = {}
-        for p in sorted(tmp.iterdir()):
-            _fsync(p)
-            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {"format": FORMAT, "step": step, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
-        if final.exists():  # a checkpoint of this step from a run that was cut off after it: replace it
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync(root)
+        publish(tmp, final, step, trainer_state)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        prev = latest_name(root)
-        kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
-        raise CodeloraError(f"could not write checkpoint {final}: {describe_os_error(e)}; {kept}") from None
-    _prune(root, keep)
+        raise write_failed(tmp, final, e) from None
+    prune(root, keep)
     return final
+
+
+def publish(tmp: Path, final: Path, step: int, trainer_state: dict) -> None:
+    """Add the RNG and trainer state to the checkpoint being written in `tmp`, list every file with its
+    sha256 in the manifest, fsync, and rename it to `final`: a reader sees a whole checkpoint or none."""
+    torch.save(rng_state(), tmp / RNG)
+    (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        _fsync(p)
+        files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {"format": FORMAT, "step": step, "files": files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _fsync(tmp / MANIFEST)
+    _fsync(tmp)
+    if final.exists():  # a checkpoint of this step from a run that was cut off after it: replace it
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync(final.parent)
+
+
+def write_failed(tmp: Path, final: Path, e: OSError) -> CodeloraError:
+    """Remove the cut-off write; the error says which earlier checkpoint is intact."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    prev = latest_name(final.parent)
+    kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
+    return CodeloraError(f"could not write checkpoint {final}: {describe_os_error(e)}; {kept}")
 
 
 def latest_name(root: Path) -> str | None:
@@ -151,7 +171,7 @@ def latest_name(root: Path) -> str | None:
     return dirs[-1].name if dirs else None
 
 
-def _prune(root: Path, keep: int) -> None:
+def prune(root: Path, keep: int) -> None:
     dirs = step_dirs(root)
     for old in dirs[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -170,7 +190,7 @@ def verify(path: Path) -> Checkpoint:
         files, step = manifest["files"], int(manifest["step"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{MANIFEST} is unreadable ({e})") from None
-    weights = (TRAINABLE,) if TRAINABLE in files else ADAPTER_FILES
+    weights = (TRAINABLE,) if TRAINABLE in files else (DCP_METADATA,) if DCP_METADATA in files else ADAPTER_FILES
     missing = [n for n in (*weights, STATE) if n not in files]
     if missing:
         raise ValueError(f"the manifest lists no {', '.join(missing)}")

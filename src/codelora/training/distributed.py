@@ -53,6 +53,16 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item())
 
+    def gather(self, value) -> list:
+        """Every process's `value` (plain data), in rank order, on every process."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as tdist
+
+        out = [None] * self.world
+        tdist.all_gather_object(out, value)
+        return out
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as tdist
@@ -60,14 +70,21 @@ class Dist:
             tdist.barrier()
 
 
-def init_distributed(device: str) -> Dist:
-    """Join the process group when launched by torchrun/accelerate; a no-op for a single process."""
+def init_distributed(device: str, timeout_s: int = 600) -> Dist:
+    """Join the process group when launched by torchrun/accelerate; a no-op for a single process.
+
+    `timeout_s` bounds every wait on the other processes (joining, each collective): a process that
+    died or never came ends the run with an error instead of a hang.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    import datetime
+
     import torch.distributed as tdist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                 timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(rank, world, local_rank)

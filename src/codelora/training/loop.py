@@ -22,6 +22,7 @@ from codelora.io.rundir import CHECKPOINTS, LOSS_LOG
 from codelora.tracking import Trackers
 from codelora.training.batches import length_grouped_batches
 from codelora.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from codelora.training.sharded_checkpoint import load_sharded, save_sharded
 from codelora.training.outputs import LossLog
 from codelora.training.signals import GracefulStop
 from codelora.training.step import StepContext, reduce_across_processes, train_step, validate
@@ -51,8 +52,7 @@ class Schedule:
     save_every: int  # 0: only when stopped by a signal
 
     @classmethod
-    def of(cls, tc: TrainConfig, n_train: int, world: int) -> Schedule:
-        per_step = tc.grad_accum * world
+    def of(cls, tc: TrainConfig, n_train: int, per_step: int) -> Schedule:
         windows_per_epoch = math.ceil(math.ceil(n_train / tc.batch_size) / per_step)
         return cls(per_step, windows_per_epoch, tc.max_steps or tc.epochs * windows_per_epoch, tc.eval_every,
                    tc.save_every)
@@ -97,10 +97,12 @@ def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: Tr
         trackers: Trackers | None = None) -> dict:
     """Train ctx.model on train_ex; return the statistics that go into manifest.json as "train".
 
-    With `checkpoint` the run continues from it and ends as if it had never stopped. Micro-batches
+    With `checkpoint` the run continues from it and ends as if it had never stopped, also on another
+    number of processes: a step keeps the micro-batches it had when the run started. Micro-batches
     are split to ctx.max_batch_tokens (tc.max_batch_tokens is not read here).
     """
-    loop = make_loop(ctx, train_ex, val_ex, tc, seed, run_dir, trackers or Trackers())
+    per_step = checkpoint.state().get("per_step") if checkpoint is not None else None
+    loop = make_loop(ctx, train_ex, val_ex, tc, seed, run_dir, trackers or Trackers(), per_step)
     if checkpoint is not None:
         restore(loop, checkpoint, allow_partial_resume)
     else:
@@ -116,11 +118,15 @@ def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: Tr
 
 
 def make_loop(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int,
-              run_dir: Path, trackers: Trackers) -> Loop:
-    """The schedule, AdamW over the weights that train, and the learning-rate schedule."""
+              run_dir: Path, trackers: Trackers, per_step: int | None = None) -> Loop:
+    """The schedule, AdamW over the weights that train, and the learning-rate schedule.
+    `per_step`: micro-batches per optimizer step (a resumed run keeps its own); else grad_accum x processes."""
     from transformers import get_scheduler
 
-    schedule = Schedule.of(tc, len(train_ex), ctx.dist.world)
+    if per_step is not None and per_step != tc.grad_accum * ctx.dist.world:
+        say(f"each optimizer step keeps the {per_step} micro-batches it had when the run started "
+            f"(now {ctx.dist.world} process{'es' if ctx.dist.world > 1 else ''})")
+    schedule = Schedule.of(tc, len(train_ex), per_step or tc.grad_accum * ctx.dist.world)
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.scheduler, optimizer, num_training_steps=schedule.total_steps,
@@ -170,7 +176,7 @@ def optimizer_step(loop: Loop, window: list[list[int]]) -> float:
     p, ctx, examples = loop.progress, loop.ctx, loop.train_ex
     t_step = time.perf_counter()
     n_sup = sum(examples[i].n_supervised for b in window for i in b)  # the whole window's, all processes
-    loss_sum, tokens = train_step(ctx, examples, window[ctx.dist.rank::ctx.dist.world], n_sup)
+    loss_sum, tokens = train_step(ctx, examples, window, n_sup)
     loss_sum, tokens = reduce_across_processes(ctx, loop.params, loss_sum, tokens)
     loss = loss_sum / n_sup
     torch.nn.utils.clip_grad_norm_(loop.params, loop.tc.max_grad_norm)
@@ -186,20 +192,30 @@ def optimizer_step(loop: Loop, window: list[list[int]]) -> float:
 
 
 def save_state(loop: Loop) -> Path | None:
-    """Checkpoint the loop (rank 0 writes, every process waits for it); returns its path on rank 0."""
-    path = None
-    if loop.ctx.dist.main:
-        state = {"progress": asdict(loop.progress), "scheduler": loop.scheduler.state_dict(), "log": loop.log.entries,
-                 "data_sha256": loop.fingerprint, "total_steps": loop.schedule.total_steps}
-        path = save_checkpoint(loop.run_dir / CHECKPOINTS, loop.progress.step, loop.ctx.model, loop.optimizer,
-                               state, keep=loop.tc.keep_checkpoints)
-    loop.ctx.dist.barrier()
-    return path
+    """Checkpoint the loop (rank 0 writes, every process waits for it; under FSDP each writes its shards);
+    returns its path on rank 0."""
+    ctx, path = loop.ctx, None
+    state = {"progress": asdict(loop.progress), "scheduler": loop.scheduler.state_dict(), "log": loop.log.entries,
+             "data_sha256": loop.fingerprint, "total_steps": loop.schedule.total_steps,
+             "per_step": loop.schedule.per_step, "processes": ctx.dist.world}
+    root, step, keep = loop.run_dir / CHECKPOINTS, loop.progress.step, loop.tc.keep_checkpoints
+    if ctx.sharded:
+        path = save_sharded(root, step, ctx.model, loop.optimizer, state, keep, ctx.dist, ctx.device)
+    elif ctx.dist.main:
+        path = save_checkpoint(root, step, ctx.model, loop.optimizer, state, keep=keep)
+    ctx.dist.barrier()
+    return path if ctx.dist.main else None
 
 
 def restore(loop: Loop, checkpoint: Checkpoint, allow_partial: bool) -> None:
     """Continue from `checkpoint`: weights, optimizer, RNG, scheduler, progress and the loss log so far."""
-    state = load_checkpoint(checkpoint, loop.ctx.model, loop.optimizer, allow_partial)
+    if loop.ctx.sharded:
+        state = load_sharded(checkpoint, loop.ctx.model, loop.optimizer)
+    elif checkpoint.sharded:
+        raise CodeloraError(f"checkpoint {checkpoint.path} was written by a train.distributed fsdp run; "
+                            f"resume it with train.distributed: fsdp")
+    else:
+        state = load_checkpoint(checkpoint, loop.ctx.model, loop.optimizer, allow_partial)
     if state["data_sha256"] != loop.fingerprint:
         raise CodeloraError(f"checkpoint {checkpoint.path} was trained on other data (the tokenized rows differ); "
                             f"resume with the same data and model, or pass --overwrite to start over")

@@ -10,6 +10,7 @@ import torch
 from codelora.config import RunConfig, parse_method
 from codelora.console import say
 from codelora.data.labels import label_names
+from codelora.errors import ConfigError
 from codelora.data.pipeline import PreparedData, encode, task_data
 from codelora.data.prompts import PromptFormat, format_for
 from codelora.models.lora import apply_lora, count_parameters, load_adapter
@@ -17,6 +18,7 @@ from codelora.models.methods import set_trainable
 from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
 from codelora.models.sources import ModelSource, load_base, pick_device
 from codelora.training.distributed import Dist, init_distributed
+from codelora.training.sharding import local_parameter_bytes, shard
 
 
 @dataclass
@@ -35,6 +37,11 @@ class Setup:
     trainable: int  # parameters that train
     total: int  # parameters of the model (with its adapters)
     precision: Precision  # what was chosen for train.precision, and why
+    root: object = None  # train.distributed fsdp: the sharding.LossModule the steps run (around `model`)
+
+    @property
+    def sharded(self) -> bool:
+        return self.root is not None
 
 
 def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
@@ -43,7 +50,8 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     import transformers
 
     transformers.set_seed(cfg.seed)  # python, numpy and torch RNGs: data order and LoRA init
-    device, dist = pick_processes(cfg.train.device)
+    device, dist = pick_processes(cfg.train.device, cfg.train.dist_timeout_s)
+    check_distributed(cfg, device)
     task = cfg.model.task
     curated = task_data(cfg.data, task, cfg.seed)  # before the model: bad data fails in seconds, not after a model load
     labels = label_names(curated.rows) if task == "classification" else None
@@ -63,13 +71,33 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     trainable, total = count_parameters(model)
     say(f"{describe_method(cfg)}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
         + (f"; labels: {', '.join(labels)}" if labels else ""))
-    return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total, precision)
+    root = None
+    if cfg.train.distributed == "fsdp":
+        root = shard(model, dist, dtype, cfg.train.fsdp_cpu_offload)
+        where = f"each block sharded over {dist.world} processes" if dist.enabled else "one process, nothing to shard"
+        say(f"fsdp: {where}; this process holds {local_parameter_bytes(model) / 1e6:,.1f} MB of weights")
+    return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total, precision, root)
 
 
-def pick_processes(device_setting: str) -> tuple[str, Dist]:
+def check_distributed(cfg: RunConfig, device: str) -> None:
+    """What train.distributed fsdp cannot do, refused in one line before anything loads."""
+    tc = cfg.train
+    if tc.fsdp_cpu_offload and tc.distributed != "fsdp":
+        raise ConfigError("train.fsdp_cpu_offload goes with train.distributed: fsdp")
+    if tc.distributed != "fsdp":
+        return
+    if tc.fsdp_cpu_offload and not device.startswith("cuda"):
+        raise ConfigError(f"train.fsdp_cpu_offload: the weights already live in CPU memory on {device}; "
+                          f"set it to false (it is for GPUs)")
+    if cfg.model.task != "causal-lm":
+        raise ConfigError(f"train.distributed=fsdp shards causal language models; model.task={cfg.model.task} "
+                          f"trains with train.distributed: ddp")
+
+
+def pick_processes(device_setting: str, timeout_s: int) -> tuple[str, Dist]:
     """The device, and the process group when torchrun / accelerate started this process (one GPU per rank)."""
     device = pick_device(device_setting)
-    dist = init_distributed(device)
+    dist = init_distributed(device, timeout_s)
     if dist.enabled and device == "cuda":
         device = f"cuda:{dist.local_rank}"
         torch.cuda.set_device(device)
@@ -80,8 +108,9 @@ def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str
     """The base model and its tokenizer, ready for k-bit training or gradient checkpointing where asked."""
     # Weights that train stay fp32 (bf16 runs under autocast): a bf16 weight drops updates below
     # 1/256 of its size, i.e. most AdamW steps at full fine-tuning learning rates.
-    trains_base = parse_method(cfg.train.method)[0] in ("full", "top")
-    model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if trains_base else dtype,
+    # FSDP too: it stores every weight in one dtype (fp32) and casts its gathered copies to `dtype`.
+    fp32_storage = parse_method(cfg.train.method)[0] in ("full", "top") or cfg.train.distributed == "fsdp"
+    model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if fp32_storage else dtype,
                                          labels=labels)
     if cfg.model.quantize != "none":
         from peft import prepare_model_for_kbit_training

@@ -29,6 +29,7 @@ from codelora.training.loop import baseline, fit
 from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve
 from codelora.training.resume import check_same_config, find_checkpoint
 from codelora.training.setup import Setup, set_up
+from codelora.training.sharding import local_parameter_bytes
 from codelora.training.step import StepContext
 
 
@@ -60,23 +61,64 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
         write_json_atomic(run_dir / SPLIT_INDICES, s.data.splits)
         write_json_atomic(precision_file, s.precision.record())
     checkpoint = find_checkpoint(run_dir, s.dist) if resume else None
-    ctx = StepContext(s.model, s.tokenizer.pad_token_id, s.device,
-                      max_batch_tokens=cfg.train.batch_token_budget(s.device), dtype=s.dtype, dist=s.dist)
+    ctx = StepContext(s.root if s.sharded else s.model, s.tokenizer.pad_token_id, s.device,
+                      max_batch_tokens=cfg.train.batch_token_budget(s.device), dtype=s.dtype, dist=s.dist,
+                      sharded=s.sharded)
     if cfg.train.method == "none":
         stats = baseline(ctx, s.data.examples_of("validation"), cfg.train.batch_size, run_dir, trackers)
     else:
         stats = fit(ctx, s.data.examples_of("train"), s.data.examples_of("validation"), cfg.train, cfg.seed,
                     run_dir, checkpoint, allow_partial_resume, trackers)
+    stats["per_process"] = s.dist.gather({"rank": s.dist.rank, "parameter_bytes": local_parameter_bytes(s.model),
+                                          "peak_rss_gb": peak_rss_gb()})
+    model = s.model
+    if s.sharded:  # every process gathers; process 0 writes and proves the result whole
+        model, stats["whole"] = save_sharded_result(cfg, s, stats, run_dir)
     if s.dist.main:
-        save_result(cfg, s, stats, run_dir)
-    return TrainedRun(s.model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,
+        save_result(cfg, s, stats, run_dir, weights_saved=s.sharded)
+    return TrainedRun(model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,
                       s.precision.name)
 
 
-def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
-    """What rank 0 leaves in the run directory: the weights, the labels, the loss curve and the manifest."""
+def save_sharded_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path):
+    """train.distributed fsdp: gather and write the weights that trained, check the file (training/whole_adapter.py).
+    Returns the model that evaluates the run on process 0 (a plain one, reloaded from the file) and what was checked."""
+    from codelora.training import whole_adapter as whole
+
+    method, main = cfg.train.method, s.dist.main
+    whole.save_whole(s.model, s.tokenizer, method, run_dir, main)
+    if method != "lora":
+        return s.model, None
+    expected = whole.expected_shapes(s.model)
+    batch = whole.probe_batch(s.data.examples_of("validation") or s.data.examples_of("train"),
+                              s.tokenizer.pad_token_id, s.device)
+    fits = whole.fits_one_process(s.model, s.device)
+    reference = whole.sharded_logits(s.root, batch, s.device, s.dtype)  # a collective: every process
+    s.dist.barrier()
+    if not main:
+        return s.model, None
+    whole.check_whole(whole.adapter_file(run_dir), expected, trained=stats["steps"] > 0, shards=s.dist.world)
+    if not fits:
+        say("adapter checked whole (shapes, keys, values); the model does not fit one process, so the plain-peft "
+            "logits check and the evaluation in this process are skipped")
+        return None, {"tensors": len(expected), "logits_checked": False}
+    plain, diff = whole.reload_and_compare(cfg, run_dir, batch, reference, s.device, s.dtype)
+    return plain, {"tensors": len(expected), "logits_checked": True, "max_logit_diff": diff}
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # kB on Linux
+
+
+def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path, weights_saved: bool = False) -> None:
+    """What rank 0 leaves in the run directory: the weights (unless `weights_saved`), the labels, the loss
+    curve and the manifest."""
     method = cfg.train.method
-    if method == "lora":
+    if weights_saved:
+        pass
+    elif method == "lora":
         # adapter_config.json + adapter_model.safetensors; embeddings are never trained here, and "auto"
         # would look the base model up on the Hub
         s.model.save_pretrained(run_dir, save_embedding_layers=False)
@@ -95,6 +137,7 @@ def save_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path) -> None:
         "precision": str(s.dtype).removeprefix("torch."),
         "precision_choice": s.precision.record(),
         "processes": s.dist.world,
+        "distributed": cfg.train.distributed if cfg.train.distributed != "auto" or not s.dist.enabled else "ddp",
         "data": s.data.summary(),
         "parameters": {"trainable": s.trainable, "total": s.total},
         "train": stats,
