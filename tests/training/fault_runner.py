@@ -5,6 +5,7 @@ FAULT=fsync:N:KILL    die at the N-th fsync of a checkpoint write (a checkpoint 
 FAULT=fill:N:PATH     just before the N-th checkpoint is written, fill the disk holding PATH (real ENOSPC)
 FAULT=improve-sample:N:KILL   (codelora improve) die at the N-th chunk of sampling
 FAULT=improve-exec:N:KILL     (codelora improve) die at the N-th chunk of sandbox execution
+FAULT_RANK=R          under torchrun: only the process of rank R gets the fault (default: every process)
 
 The signals are real signals to a real process; nothing in codelora is replaced, only wrapped.
 """
@@ -16,6 +17,7 @@ import sys
 import codelora.experiments.improve as improve
 import codelora.training.checkpoint as checkpoint
 import codelora.training.loop as loop
+import codelora.training.sharding as sharding
 import codelora.training.step as step
 from codelora.cli import main
 
@@ -45,11 +47,15 @@ def fill_disk(path):
 
 
 spec = os.environ.get("FAULT")
+if os.environ.get("FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+    spec = None
 if spec:
     where, n, arg = spec.split(":", 2)
     if where == "loss":
         sig = getattr(signal, "SIG" + arg)
         step.supervised_loss_sum = after_calls(step.supervised_loss_sum, int(n), lambda: os.kill(os.getpid(), sig))
+        sharding.supervised_loss_sum = after_calls(sharding.supervised_loss_sum, int(n),  # train.distributed fsdp
+                                                   lambda: os.kill(os.getpid(), sig))
     elif where == "fsync":
         checkpoint._fsync = after_calls(checkpoint._fsync, int(n), lambda: os.kill(os.getpid(), signal.SIGKILL))
     elif where in ("improve-sample", "improve-exec"):

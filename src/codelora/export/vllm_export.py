@@ -21,8 +21,8 @@ from codelora.config import ExportConfig, ModelConfig, validated
 from codelora.console import say
 from codelora.errors import CodeloraError, first_line
 from codelora.export.converters import ExportError
-from codelora.export.vllm_rules import FAIL, MAX_LORA_RANKS, NOT_CHECKED, Verdict, adapter_rank, allowed_max_lora_rank, \
-    check
+from codelora.export.vllm_rules import (FAIL, MAX_LORA_RANKS, NOT_CHECKED, Verdict, adapter_rank,
+                                         allowed_max_lora_rank, check)
 from codelora.io.files import write_json_atomic, write_text_atomic
 from codelora.io.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_REPORT, MANIFEST, RunDir, staged_run_dir
 from codelora.models.adapters import base_model_of, check_finite
@@ -99,10 +99,11 @@ def _script(base: str, max_rank: int, name: str, source: ModelSource) -> str:
         "#!/bin/sh\n"
         f"# Serve the LoRA adapter '{name}' on {base} with vLLM (written by codelora export --format vllm).\n"
         "# Needs a GPU and vLLM (pip install vllm). Requests name the adapter as the model:\n"
-        f"#   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+        "#   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
         f"#        -d '{{\"model\": \"{name}\", \"prompt\": \"def reverse(s):\", \"max_tokens\": 64}}'\n"
-        f"# On a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True the adapter can be loaded later:\n"
-        f"#   curl localhost:8000/v1/load_lora_adapter -H 'Content-Type: application/json' -d @{LOAD_BODY}\n"
+        "# On a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True the adapter can be loaded later,\n"
+        f"# from this folder: curl localhost:8000/v1/load_lora_adapter -H 'Content-Type: application/json' \\\n"
+        f"#        -d @{LOAD_BODY}\n"
         f"{copy}"
         'ADAPTER_DIR="$(cd "$(dirname "$0")" && pwd)"\n'
         f'exec vllm serve {shlex.quote(base)} --enable-lora --max-lora-rank {max_rank} '
@@ -130,12 +131,12 @@ def _adapter_config(run_dir: Path) -> dict:
 
 
 def _tensor_names(run_dir: Path) -> list[str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(run_dir / ADAPTER_WEIGHTS), framework="pt") as f:
             return list(f.keys())
-    except Exception as e:  # a damaged file: safetensors raises its own error types
+    except (OSError, SafetensorError) as e:  # a damaged or truncated file
         raise ExportError(f"cannot read {run_dir / ADAPTER_WEIGHTS}: {first_line(e)}") from None
 
 

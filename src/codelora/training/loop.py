@@ -17,11 +17,11 @@ import torch
 from codelora.config import TrainConfig
 from codelora.console import progress, say
 from codelora.data.prompts import Example
-from codelora.errors import CodeloraError, TrainingStopped
+from codelora.errors import CodeloraError, TrainingStopped, first_line
 from codelora.io.rundir import CHECKPOINTS, LOSS_LOG
 from codelora.tracking import Trackers
 from codelora.training.batches import length_grouped_batches
-from codelora.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from codelora.training.checkpoint import Checkpoint, latest_name, load_checkpoint, save_checkpoint
 from codelora.training.sharded_checkpoint import load_sharded, save_sharded
 from codelora.training.outputs import LossLog
 from codelora.training.signals import GracefulStop
@@ -107,14 +107,28 @@ def fit(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: Tr
         restore(loop, checkpoint, allow_partial_resume)
     else:
         begin(loop)
-    p = loop.progress
+    p, ctx = loop.progress, loop.ctx
     t0 = time.perf_counter()
     bar = progress(total=loop.schedule.total_steps, initial=p.step, desc="training", unit="step")
     # SIGTERM / Ctrl-C from here on: finish the step, checkpoint, stop (a second one stops at once)
     with loop.log, bar, GracefulStop() as stop:
-        while p.step < loop.schedule.total_steps:
-            run_epoch(loop, bar, stop)
+        try:
+            while p.step < loop.schedule.total_steps:
+                run_epoch(loop, bar, stop)
+        except RuntimeError as e:
+            if not ctx.dist.enabled or not is_process_group_failure(e):
+                raise
+            raise CodeloraError(f"training stopped at step {p.step}: another process died or stopped answering "
+                                f"({first_line(e)[:200]}); resume from checkpoint "
+                                f"{latest_name(run_dir / CHECKPOINTS) or '(none yet: step 0)'} with --resume") from None
     return summary(loop, time.perf_counter() - t0)
+
+
+def is_process_group_failure(e: RuntimeError) -> bool:
+    """A collective that failed because a peer died, hung past train.dist_timeout_s or closed its connection."""
+    import torch.distributed as tdist
+
+    return isinstance(e, tdist.DistError) or any(w in str(e) for w in ("gloo", "NCCL", "Connection", "timed out"))
 
 
 def make_loop(ctx: StepContext, train_ex: list[Example], val_ex: list[Example], tc: TrainConfig, seed: int,

@@ -24,7 +24,9 @@ from codelora.training.distributed import Dist
 def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)
+    # not strict: the frozen weights are not in the checkpoint (DCP itself refuses a weight that trains
+    # and is missing from it)
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def save_sharded(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int, dist: Dist,
