@@ -10,6 +10,7 @@ keeps the loop readable. Rank 0 alone writes files.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -79,8 +80,6 @@ def init_distributed(device: str, timeout_s: int = 600) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    import datetime
-
     import torch.distributed as tdist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

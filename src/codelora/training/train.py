@@ -12,6 +12,7 @@ optimizer step), then `save_result` here.
 from __future__ import annotations
 
 import json
+import resource
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from codelora.training.loop import baseline, fit
 from codelora.training.outputs import LossLog, base_manifest, plot_loss_curve
 from codelora.training.resume import check_same_config, find_checkpoint
 from codelora.training.setup import Setup, set_up
+from codelora.training import whole_adapter as whole
 from codelora.training.sharding import local_parameter_bytes
 from codelora.training.step import StepContext
 
@@ -83,8 +85,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
 def save_sharded_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path):
     """train.distributed fsdp: gather and write the weights that trained, check the file (training/whole_adapter.py).
     Returns the model that evaluates the run on process 0 (a plain one, reloaded from the file) and what was checked."""
-    from codelora.training import whole_adapter as whole
-
     method, main = cfg.train.method, s.dist.main
     whole.save_whole(s.model, s.tokenizer, method, run_dir, main)
     if method != "lora":
@@ -107,8 +107,6 @@ def save_sharded_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path):
 
 
 def peak_rss_gb() -> float:
-    import resource
-
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # kB on Linux
 
 

@@ -23,6 +23,8 @@ from codelora.console import say
 from codelora.errors import CodeloraError
 from codelora.io.rundir import ADAPTER_WEIGHTS
 from codelora.models.collate import device_batches
+from codelora.models.lora import load_adapter
+from codelora.models.sources import load_base
 from codelora.training.sharding import full_state_dict, full_trainable
 from codelora.training.step import autocast
 
@@ -116,9 +118,6 @@ def reload_and_compare(cfg: RunConfig, run_dir: Path, batch: dict, reference: to
                        dtype: torch.dtype):
     """Process 0: a fresh base with the saved adapter in plain peft; its logits must be the sharded model's.
     Returns (the plain model, the largest logit difference)."""
-    from codelora.models.lora import load_adapter
-    from codelora.models.sources import load_base
-
     base, _, _ = load_base(cfg.model, device, dtype=torch.float32 if dtype == torch.float32 else dtype)
     plain = load_adapter(base, run_dir).eval()
     with torch.no_grad(), autocast(device, dtype):
