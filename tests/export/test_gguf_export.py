@@ -212,11 +212,22 @@ def test_without_llama_cpp_python_export_says_what_to_install(adapter, tmp_path)
 
 
 def test_a_full_fine_tune_exports_as_a_whole_model(tiny, tmp_path):
-    from adapters_helpers import train_with_codelora
+    """Trained sharded (train.distributed fsdp, 2 processes): the run exports like any other."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
     from conftest import make_rows, write_jsonl
 
     data = write_jsonl(tmp_path / "rows.jsonl", make_rows(24))
-    run = train_with_codelora(tiny, data, tmp_path / "full", steps=1, extra=("--method", "full"))
+    run = tmp_path / "full"
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "codelora", "train", "--model", tiny,
+                        "--data", data, "--out", run, "--max-steps", "1", "--lr", "5e-3", "--method", "full",
+                        "--set", "train.distributed=fsdp"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and "model checked whole" in r.stderr, r.stderr[-3000:]
     out = tmp_path / "gguf"
     r = run_cli("export", run, "--out", out, "--quant", "f16")
     assert r.returncode == 0, r.stderr[-3000:]

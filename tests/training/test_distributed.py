@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, LOSS_LOG, MANIFEST, partial_dir
+from cli_helpers import call_cli
 import warm
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
@@ -116,6 +117,27 @@ def test_fsdp_in_two_processes_equals_one_process_and_ddp(runs, tiny_model_dir):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(d / "fsdp2"))
     loss = validation_loss(model, data.examples_of("validation"), 8, tok.pad_token_id, "cpu")
     assert abs(loss - fsdp2["train"]["val_loss_end"]) <= 1e-5
+
+    r = call_cli("merge", d / "fsdp2", "--out", d / "merged")  # and it merges like any adapter
+    assert r.returncode == 0 and (d / "merged" / "model.safetensors").is_file(), r.stderr[-2000:]
+
+
+def test_fsdp_run_of_a_whole_model_is_checked_and_evaluated(runs, tiny_model_dir, tmp_path):
+    """top-K under FSDP: the whole model gathered, checked, reloaded, and `codelora run` evaluates it."""
+    config = tmp_path / "top.yaml"
+    config.write_text("eval: {limit: 1}\ngenerate: {max_new_tokens: 4}\n")
+    cmd = ["run", str(config), *args(tiny_model_dir, runs["data"], tmp_path / "top", *FSDP, "--method", "top-1",
+                                     "--save-every", "0")[1:]]
+    r = ok(torchrun(cmd))
+    assert "model checked whole" in r.stderr and "| eval loss" in r.stdout
+    one = tmp_path / "top1"
+    ok(single([*args(tiny_model_dir, runs["data"], one, *FSDP, "--method", "top-1", "--save-every", "0"),
+               "--set", "train.grad_accum=2"]))
+    a, b = load_file(tmp_path / "top" / "model.safetensors"), load_file(one / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    assert json.loads((tmp_path / "top" / "eval_report.json").read_text())
 
 
 def test_kill_9_of_one_process_then_resume_on_2_and_on_1_process(runs, tiny_model_dir, tmp_path):

@@ -75,35 +75,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
                                           "peak_rss_gb": peak_rss_gb()})
     model = s.model
     if s.sharded:  # every process gathers; process 0 writes and proves the result whole
-        model, stats["whole"] = save_sharded_result(cfg, s, stats, run_dir)
+        model, stats["whole"] = whole.save_and_prove(cfg, s, stats["steps"], run_dir)
     if s.dist.main:
         save_result(cfg, s, stats, run_dir, weights_saved=s.sharded)
     return TrainedRun(model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,
                       s.precision.name)
-
-
-def save_sharded_result(cfg: RunConfig, s: Setup, stats: dict, run_dir: Path):
-    """train.distributed fsdp: gather and write the weights that trained, check the file (training/whole_adapter.py).
-    Returns the model that evaluates the run on process 0 (a plain one, reloaded from the file) and what was checked."""
-    method, main = cfg.train.method, s.dist.main
-    whole.save_whole(s.model, s.tokenizer, method, run_dir, main)
-    if method != "lora":
-        return s.model, None
-    expected = whole.expected_shapes(s.model)
-    batch = whole.probe_batch(s.data.examples_of("validation") or s.data.examples_of("train"),
-                              s.tokenizer.pad_token_id, s.device)
-    fits = whole.fits_one_process(s.model, s.device)
-    reference = whole.sharded_logits(s.root, batch, s.device, s.dtype)  # a collective: every process
-    s.dist.barrier()
-    if not main:
-        return s.model, None
-    whole.check_whole(whole.adapter_file(run_dir), expected, trained=stats["steps"] > 0, shards=s.dist.world)
-    if not fits:
-        say("adapter checked whole (shapes, keys, values); the model does not fit one process, so the plain-peft "
-            "logits check and the evaluation in this process are skipped")
-        return None, {"tensors": len(expected), "logits_checked": False}
-    plain, diff = whole.reload_and_compare(cfg, run_dir, batch, reference, s.device, s.dtype)
-    return plain, {"tensors": len(expected), "logits_checked": True, "max_logit_diff": diff}
 
 
 def peak_rss_gb() -> float:

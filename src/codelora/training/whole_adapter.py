@@ -1,4 +1,4 @@
-"""An FSDP run's weights saved whole, and proven whole before the run is called done.
+"""An FSDP run's weights saved whole, and proven whole before the run is called done (`save_and_prove`).
 
 The failures the peers' users met: only one process's slice written (a LoRA tensor of 1/N of its
 shape, or the right shape with (N-1)/N of it zero), keys with a wrapper's prefix, an adapter that
@@ -10,10 +10,14 @@ collective), process 0 writes them as any run does, and then checks what it wrot
 3. after training, no `lora_B` is zero, nor a 1/N block of its rows (a shard that was not gathered);
 4. where the model fits one process: the file loaded into a fresh base with plain peft gives the
    sharded model's logits on probe rows. That plain model then evaluates the run (`codelora run`).
+
+A full / top-K run saves the whole model; it is checked the same way (every weight at its whole
+shape, tied weights once) and reloaded with transformers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,6 +29,7 @@ from codelora.io.rundir import ADAPTER_WEIGHTS
 from codelora.models.collate import device_batches
 from codelora.models.lora import load_adapter
 from codelora.models.sources import load_base
+from codelora.training.setup import Setup
 from codelora.training.sharding import full_state_dict, full_trainable
 from codelora.training.step import autocast
 
@@ -38,6 +43,31 @@ class AdapterNotWhole(CodeloraError):
     """The saved adapter is not the one that trained (the run is not called done)."""
 
 
+def save_and_prove(cfg: RunConfig, s: Setup, steps: int, run_dir: Path):
+    """Every process: gather and write (process 0) what trained, then check it. Returns the model that
+    evaluates the run in process 0 (a plain one, reloaded from the files; None where it does not fit one
+    process) and what was checked (None elsewhere)."""
+    method, main = cfg.train.method, s.dist.main
+    save_whole(s.model, s.tokenizer, method, run_dir, main)
+    expected = expected_shapes(s.model) if method == "lora" else whole_model_shapes(s.model)
+    batch = probe_batch(s.data.examples_of("validation") or s.data.examples_of("train"), s.tokenizer.pad_token_id,
+                        s.device)
+    fits = fits_one_process(s.model, s.device)
+    reference = sharded_logits(s.root, batch, s.device, s.dtype)  # a collective: every process
+    s.dist.barrier()
+    if not main:
+        return s.model, None
+    if method == "none":  # nothing was written: the base model evaluates
+        return (load_base(cfg.model, s.device)[0] if fits else None), None
+    check_whole(weight_files(run_dir, method), expected, trained=steps > 0, shards=s.dist.world)
+    if not fits:
+        say("weights checked whole (shapes, keys, values); the model does not fit one process, so the logits "
+            "check and the evaluation in this process are skipped")
+        return None, {"tensors": len(expected), "logits_checked": False}
+    plain, diff = reload_and_compare(cfg, run_dir, batch, reference, s.device, s.dtype, method)
+    return plain, {"tensors": len(expected), "logits_checked": True, "max_logit_diff": diff}
+
+
 def save_whole(model, tokenizer, method: str, run_dir: Path, main: bool) -> None:
     """Gather what trained (every process takes part) and let process 0 write it as any run does."""
     if method == "lora":
@@ -46,6 +76,8 @@ def save_whole(model, tokenizer, method: str, run_dir: Path, main: bool) -> None
             model.save_pretrained(run_dir, state_dict=weights, save_embedding_layers=False)
     elif method != "none":  # full / top-K: the whole model, usable as --model RUN_DIR
         weights = full_state_dict(model)
+        tied = [k for k, shape in whole_model_shapes(model).items() if shape is None]
+        weights = {k: v for k, v in weights.items() if k not in tied}  # gathered apart, a tie is no longer seen
         if main:
             model.save_pretrained(run_dir, state_dict=weights)
             tokenizer.save_pretrained(run_dir)
@@ -60,17 +92,34 @@ def expected_shapes(peft_model) -> dict[str, tuple[int, ...]]:
                                                                       save_embedding_layers=False).items()}
 
 
-def check_whole(path: Path, expected: dict[str, tuple[int, ...]], trained: bool, shards: int) -> None:
-    """Raise AdapterNotWhole naming the first problem of the adapter file `path` (and how many more)."""
+def whole_model_shapes(model) -> dict[str, tuple[int, ...] | None]:
+    """Every weight of a whole model and its whole shape; None: a tied weight, saved once under another name."""
+    seen, shapes = set(), {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        shapes[name] = None if id(p) in seen else tuple(p.shape)
+        seen.add(id(p))
+    return shapes
+
+
+def weight_files(run_dir: Path, method: str) -> list[Path]:
+    return [run_dir / ADAPTER_WEIGHTS] if method == "lora" else sorted(run_dir.glob("*.safetensors"))
+
+
+def check_whole(paths: Path | list[Path], expected: dict[str, tuple[int, ...] | None], trained: bool,
+                shards: int) -> None:
+    """Raise AdapterNotWhole naming the first problem of the weight file(s) (and how many more).
+    `expected`: key -> whole shape; None marks a tied weight that may be absent."""
     from safetensors.torch import load_file
 
-    weights = load_file(path)
+    paths = [paths] if isinstance(paths, Path) else paths
+    weights = {k: v for p in paths for k, v in load_file(p).items()}
+    path = paths[0].parent if len(paths) > 1 else paths[0]
     problems = [f"{k} has a wrapper's prefix" for k in weights if any(m in k for m in WRAPPER_MARKS)]
-    problems += [f"{k} is missing" for k in sorted(set(expected) - set(weights))]
+    problems += [f"{k} is missing" for k in sorted(set(expected) - set(weights)) if expected[k] is not None]
     problems += [f"{k} is not a weight of this model" for k in sorted(set(weights) - set(expected))]
     for k in sorted(set(weights) & set(expected)):
         t = weights[k]
-        if tuple(t.shape) != expected[k]:
+        if expected[k] is not None and tuple(t.shape) != expected[k]:
             problems.append(f"{k} has shape {tuple(t.shape)}, not its whole shape {expected[k]} (a slice)")
         elif not torch.isfinite(t).all():
             problems.append(f"{k} holds NaN or inf")
@@ -115,23 +164,23 @@ def sharded_logits(root, batch: dict, device: str, dtype: torch.dtype) -> torch.
 
 
 def reload_and_compare(cfg: RunConfig, run_dir: Path, batch: dict, reference: torch.Tensor, device: str,
-                       dtype: torch.dtype):
-    """Process 0: a fresh base with the saved adapter in plain peft; its logits must be the sharded model's.
-    Returns (the plain model, the largest logit difference)."""
-    base, _, _ = load_base(cfg.model, device, dtype=torch.float32 if dtype == torch.float32 else dtype)
-    plain = load_adapter(base, run_dir).eval()
+                       dtype: torch.dtype, method: str = "lora"):
+    """Process 0: a fresh base with the saved adapter in plain peft (or the saved whole model); its logits
+    must be the sharded model's. Returns (the plain model, the largest logit difference)."""
+    if method == "lora":
+        plain = load_adapter(load_base(cfg.model, device, dtype=dtype)[0], run_dir).eval()
+    else:
+        plain = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, dtype=torch.float32)[0].eval()
     with torch.no_grad(), autocast(device, dtype):
         logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
     keep = batch["attention_mask"].bool().cpu()
     diff = float((logits - reference)[keep].abs().max())
     tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE[torch.bfloat16])
     if not diff <= tolerance:
-        raise AdapterNotWhole(f"the adapter in {run_dir} loaded in plain peft does not give the sharded model's "
+        raise AdapterNotWhole(f"the {'adapter' if method == 'lora' else 'model'} in {run_dir} reloaded does not give the sharded model's "
                               f"logits (largest difference {diff:.3g} > {tolerance}); the run is not called done")
-    say(f"adapter checked whole: every tensor at its full shape; plain peft reproduces the sharded logits "
-        f"(largest difference {diff:.2g})")
+    say(f"{'adapter' if method == 'lora' else 'model'} checked whole: every tensor at its full shape; reloaded, "
+        f"it reproduces the sharded logits (largest difference {diff:.2g})")
     return plain, diff
 
 
-def adapter_file(run_dir: Path) -> Path:
-    return run_dir / ADAPTER_WEIGHTS
