@@ -9,6 +9,7 @@
     codelora export RUN_DIR --format gguf --out DIR   GGUF for llama.cpp / Ollama (export.gguf_export)
     codelora export RUN_DIR --format vllm --out DIR   the adapter for vLLM, checked (export.vllm_export)
     codelora serve [--adapters DIR]                   (serving.server)
+    codelora launch [--nnodes N ...] train|run ...    several processes / machines (training.launch)
     codelora sweep SWEEP.yaml                         (experiments.sweep)
     codelora improve IMPROVE.yaml                     learn from execution (experiments.improve)
 
@@ -30,8 +31,8 @@ import typing
 import warnings
 from pathlib import Path
 
-from codelora.config import (EvalCommandConfig, ExportConfig, GenerateConfig, MergeConfig, RunConfig, ServeConfig,
-                             TrainConfig, field_help, resolve_field, section, validated)
+from codelora.config import (EvalCommandConfig, ExportConfig, GenerateConfig, LaunchConfig, MergeConfig, RunConfig,
+                             ServeConfig, TrainConfig, field_help, resolve_field, section, validated)
 from codelora.config_parse import load_config_file, parse_assignment, parse_config, set_dotted
 from codelora.console import say, set_quiet
 from codelora.errors import CodeloraError, TrainingStopped, first_line
@@ -53,6 +54,7 @@ ASK_FLAGS = {"--max-new-tokens": "generate.max_new_tokens", "--temperature": "ge
 SERVE_FLAGS = {"--" + name.replace("_", "-"): name for name in ServeConfig.__dataclass_fields__}
 MERGE_FLAGS = {"--" + name.replace("_", "-"): name for name in MergeConfig.__dataclass_fields__}
 EXPORT_FLAGS = {"--" + name.replace("_", "-"): name for name in ExportConfig.__dataclass_fields__}
+LAUNCH_FLAGS = {"--" + name.replace("_", "-"): name for name in LaunchConfig.__dataclass_fields__}
 
 
 QUIET_HELP = "no progress bars or progress messages (errors and results still print)"
@@ -186,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapters", help="directory with one adapter folder (run directory) per name")
     p.add_argument("--model", help="base model; default: the adapters' base, else smollm2-135m")
     add_flags(p, SERVE_FLAGS, ServeConfig)
+
+    p = sub.add_parser("launch", help="train or run in several processes or on several machines (torchrun's "
+                                      "launcher, bounded waits, one-line failures)")
+    add_flags(p, LAUNCH_FLAGS, LaunchConfig)
+    p.add_argument("inner", nargs=argparse.REMAINDER, metavar="train|run ...",
+                   help="the codelora command every process runs, e.g. train --config configs/demo.yaml "
+                        "--set train.distributed=fsdp")
 
     p = sub.add_parser("sweep", help="run a grid of configs (rank, targets, layers, lr, ...) one cell after another; "
                                      "restarting skips finished cells; writes sweep.csv, sweep.json and plots")
@@ -348,6 +357,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    lc = section(LaunchConfig, given(args, LAUNCH_FLAGS))
+    inner = args.inner[1:] if args.inner[:1] == ["--"] else args.inner
+    if inner[:1] not in (["train"], ["run"]):
+        raise CodeloraError(f"codelora launch runs train or run, e.g. codelora launch --nproc-per-node 2 train "
+                            f"--config configs/demo.yaml; got {' '.join(inner) or 'nothing'}")
+    inner_args = build_parser().parse_args(inner)
+    cfg = run_config(inner_args, inner_args.config)  # a bad config fails here, before any process starts
+    from codelora.training.launch import launch
+
+    launch(lc, inner, Path(cfg.out))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from codelora.experiments.sweep import run_sweep
 
@@ -365,7 +388,7 @@ def cmd_improve(args) -> int:
 
 
 COMMANDS = {"train": cmd_run, "run": cmd_run, "data": cmd_data, "eval": cmd_eval, "ask": cmd_ask,
-            "merge": cmd_merge, "export": cmd_export, "serve": cmd_serve, "sweep": cmd_sweep,
+            "merge": cmd_merge, "export": cmd_export, "serve": cmd_serve, "launch": cmd_launch, "sweep": cmd_sweep,
             "improve": cmd_improve}
 
 

@@ -298,6 +298,25 @@ class EvalConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """`codelora launch`: torchrun's launcher with bounded waits; a failure is one line naming the checkpoint."""
+
+    nnodes: int = option(1, "machines taking part; each runs the same `codelora launch` command", bounds=AT_LEAST_1)
+    nproc_per_node: int = option(0, "processes per machine; 0: one per GPU, or 1 on a machine without GPUs",
+                                 bounds=NON_NEGATIVE)
+    rdzv_endpoint: str = option("", "HOST:PORT where the machines meet (torchrun's c10d rendezvous; HOST is one of "
+                                    "them); needed with --nnodes above 1")
+    rdzv_id: str = option("codelora", "a name for this job: the machines of one run use the same one")
+    join_timeout_s: int = option(120, "seconds to wait for every machine to join before giving up",
+                                 bounds=AT_LEAST_1)
+
+    def validate(self) -> None:
+        if self.nnodes > 1 and not re.fullmatch(r"[^\s:]+:[0-9]{1,5}", self.rdzv_endpoint):
+            raise ConfigError(f"--rdzv-endpoint must be HOST:PORT (a machine of the run, reachable from every "
+                              f"one) with --nnodes {self.nnodes}; got {self.rdzv_endpoint!r}")
+
+
+@dataclass
 class ServeConfig:
     """`codelora serve` (flags only; not part of a run config)."""
 
