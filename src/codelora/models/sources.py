@@ -189,12 +189,14 @@ def _bf16_copy(cache: Path) -> Path:
 
 
 def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool = False, dtype=None,
-               quantize: str = "none", task: str = "causal-lm", labels: list[str] | None = None):
+               quantize: str = "none", task: str = "causal-lm", labels: list[str] | None = None,
+               sharded: bool = False):
     """Load the base model: float32 unless told otherwise (never bf16 on CPU: ~100x slower there).
 
     `task` picks the transformers Auto class; a classifier gets a (new) head for `labels`.
     `quantize` 8bit / 4bit (NF4 with double quantization and bf16 compute, as in QLoRA) loads the
-    linear layers through bitsandbytes, which needs a CUDA GPU.
+    linear layers through bitsandbytes, which needs a CUDA GPU. `sharded` (4bit under FSDP): the
+    packed 4-bit weights are stored in the compute dtype, as FSDP needs one dtype per unit.
     """
     import torch
     import transformers
@@ -220,7 +222,8 @@ def load_model(source: ModelSource, device: str = "cpu", trust_remote_code: bool
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True) if quantize == "8bit" else
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute))
+                               bnb_4bit_compute_dtype=compute,
+                               **({"bnb_4bit_quant_storage": compute} if sharded else {})))
         kwargs["device_map"] = {"": device}
         kwargs["dtype"] = compute
     weights = source
@@ -275,11 +278,11 @@ def pick_device(name: str) -> str:
     return name
 
 
-def load_base(cfg: ModelConfig, device: str, dtype=None, labels: list[str] | None = None):
+def load_base(cfg: ModelConfig, device: str, dtype=None, labels: list[str] | None = None, sharded: bool = False):
     """(model, tokenizer, source) for a model config: the one entry point other stages use."""
     source = resolve_model(cfg)
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
     model = load_model(source, device, cfg.trust_remote_code, dtype=dtype, quantize=cfg.quantize, task=cfg.task,
-                       labels=labels)
+                       labels=labels, sharded=sharded)
     model.eval()
     return model, tokenizer, source

@@ -18,7 +18,7 @@ from codelora.models.methods import set_trainable
 from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
 from codelora.models.sources import ModelSource, load_base, pick_device
 from codelora.training.distributed import Dist, init_distributed
-from codelora.training.sharding import local_parameter_bytes, shard
+from codelora.training.sharding import local_parameter_bytes, shard, uniform_dtype
 
 
 @dataclass
@@ -73,6 +73,8 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
         + (f"; labels: {', '.join(labels)}" if labels else ""))
     root = None
     if cfg.train.distributed == "fsdp":
+        if cfg.model.quantize != "none":  # QLoRA: LoRA and norms in the dtype the 4-bit weights are stored in
+            uniform_dtype(model, dtype)
         root = shard(model, dist, dtype, cfg.train.fsdp_cpu_offload)
         where = f"each block sharded over {dist.world} processes" if dist.enabled else "one process, nothing to shard"
         say(f"fsdp: {where}; this process holds {local_parameter_bytes(model) / 1e6:,.1f} MB of weights")
@@ -89,6 +91,9 @@ def check_distributed(cfg: RunConfig, device: str) -> None:
     if tc.fsdp_cpu_offload and not device.startswith("cuda"):
         raise ConfigError(f"train.fsdp_cpu_offload: the weights already live in CPU memory on {device}; "
                           f"set it to false (it is for GPUs)")
+    if cfg.model.quantize == "8bit":
+        raise ConfigError("train.distributed=fsdp shards 4-bit bases (model.quantize: 4bit, QLoRA), not 8-bit ones; "
+                          "use model.quantize: 4bit or train.distributed: ddp")
     if cfg.model.task != "causal-lm":
         raise ConfigError(f"train.distributed=fsdp shards causal language models; model.task={cfg.model.task} "
                           f"trains with train.distributed: ddp")
@@ -111,7 +116,7 @@ def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str
     # FSDP too: it stores every weight in one dtype (fp32) and casts its gathered copies to `dtype`.
     fp32_storage = parse_method(cfg.train.method)[0] in ("full", "top") or cfg.train.distributed == "fsdp"
     model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if fp32_storage else dtype,
-                                         labels=labels)
+                                         labels=labels, sharded=cfg.train.distributed == "fsdp")
     if cfg.model.quantize != "none":
         from peft import prepare_model_for_kbit_training
 

@@ -72,8 +72,9 @@ def load_sharded(ckpt: Checkpoint, model, optimizer) -> dict:
     try:
         dcp.load(state, checkpoint_id=ckpt.path)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model ({str(e).strip().splitlines()[-1][:200]}); "
-                              f"was it written with another lora config or train.method?") from None
+        detail = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model ({detail}); was it written with "
+                              f"another lora config or train.method?") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options())
     set_rng_state(_load_tensors(ckpt.path / RNG, "RNG state"))

@@ -71,6 +71,14 @@ def shard(model, dist: Dist, compute_dtype: torch.dtype, cpu_offload: bool) -> L
     return root
 
 
+def uniform_dtype(model, dtype: torch.dtype) -> None:
+    """Every floating-point weight in `dtype` (a 4-bit base stores its packed weights in it; see
+    models/sources.py): FSDP gathers a unit's weights into one buffer of one dtype. (GPU only, not run here.)"""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def local_parameter_bytes(model) -> int:
     """Bytes of the weights this process holds: its shards under FSDP, every weight otherwise."""
     from torch.distributed.tensor import DTensor

@@ -176,11 +176,12 @@ def reload_and_compare(cfg: RunConfig, run_dir: Path, batch: dict, reference: to
     keep = batch["attention_mask"].bool().cpu()
     diff = float((logits - reference)[keep].abs().max())
     tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE[torch.bfloat16])
+    what = "adapter" if method == "lora" else "model"
     if not diff <= tolerance:
-        raise AdapterNotWhole(f"the {'adapter' if method == 'lora' else 'model'} in {run_dir} reloaded does not give the sharded model's "
-                              f"logits (largest difference {diff:.3g} > {tolerance}); the run is not called done")
-    say(f"{'adapter' if method == 'lora' else 'model'} checked whole: every tensor at its full shape; reloaded, "
-        f"it reproduces the sharded logits (largest difference {diff:.2g})")
+        raise AdapterNotWhole(f"the {what} in {run_dir} reloaded does not give the sharded model's logits (largest "
+                              f"difference {diff:.3g} > {tolerance}); the run is not called done")
+    say(f"{what} checked whole: every tensor at its full shape; reloaded, it reproduces the sharded logits "
+        f"(largest difference {diff:.2g})")
     return plain, diff
 
 
