@@ -96,6 +96,8 @@ def run_one(args, mode: str, n: int, limit: int, cores: int, tmp: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.steps < 2:  # the first step warms the learning rate up from 0: a 1-step adapter is all zero, refused
+        sys.exit("scale: --steps must be at least 2")
     if not args.data.is_file():
         sys.exit(f"scale: data file not found: {args.data} (pass --data FILE with instruction/input/output)")
     counts = sorted({int(x) for x in args.processes.split(",")})
