@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRACKERS_SPEC ?= mlflow==3.17.2 tensorboard==2.21.0
 BIN := $(VENV)/bin
 
-.PHONY: install install-gguf browser demo test bench bench-serve bench-gguf clean
+.PHONY: install install-gguf browser demo test bench bench-serve bench-gguf bench-scale clean
 
 $(BIN)/codelora: pyproject.toml
 	# bubblewrap isolates model-generated code (no network, private filesystem); best effort: without
@@ -90,6 +90,10 @@ bench-serve: install
 # GGUF in llama.cpp vs codelora serve, single stream (~4 min; docs/performance.md)
 bench-gguf: install
 	$(BIN)/python benchmarks/gguf_speed.py
+
+# fsdp vs ddp at 1, 2 and 4 processes: weights per process, peak RSS, tokens/s (~4 min on 2 cores; docs/performance.md)
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) runs

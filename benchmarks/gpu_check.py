@@ -17,13 +17,15 @@ Modes, each training codelora's defaults (LoRA r=16 on q,k,v,o) for --steps opti
 - lora-bf16: the base in bf16, one process, in this process (codelora.experiments.run.run);
 - qlora-4bit: model.quantize=4bit (NF4, bitsandbytes), one process, in this process;
 - fsdp: `torchrun --standalone --nproc_per_node <GPUs> -m codelora train ... --set
-  train.distributed=fsdp` (one GPU: one process, nothing to shard; the path still runs).
+  train.distributed=fsdp` (one GPU: one process, nothing to shard; the path still runs);
+- fsdp-qlora: the same with --quantize 4bit (the packed 4-bit weights stored in bf16, as FSDP needs).
 
 tokens/s: the run's manifest (train.tokens_per_s, all processes together). Peak GPU memory: in
 this process torch.cuda.max_memory_allocated (reset before each run; it covers loading and
-training); for the torchrun subprocess, `nvidia-smi --query-gpu=memory.used` sampled every 0.2 s
-(per GPU, max over the run: the CUDA context, the allocator's cache, and the check after training
-that reloads the adapter on rank 0 are included, so it reads higher than max_memory_allocated).
+training); for the torchrun subprocess, `nvidia-smi --query-gpu=memory.used` sampled every 0.2 s (per GPU,
+max over the run minus what was in use before it: the processes' CUDA contexts, the allocator's
+cache, and the check after training that reloads the adapter on rank 0 are included, so it reads
+higher than max_memory_allocated would).
 
 Prints the GPUs, a markdown table and one JSON line (the last line).
 """
@@ -47,7 +49,7 @@ HEAD = REPO.parent / "shared" / "data" / "python-codes-25k.head356.jsonl"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=32,
                 intermediate_size=5632, max_position_embeddings=2048, tie_word_embeddings=False)
-MODES = ("lora-bf16", "qlora-4bit", "fsdp")
+MODES = ("lora-bf16", "qlora-4bit", "fsdp", "fsdp-qlora")
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,10 +85,10 @@ def build_llama_1b(out: Path) -> tuple[Path, int]:
 
 
 def config_for(model: str, mode: str, args, out: Path) -> dict:
-    return {"out": str(out), "model": {"name": model, "quantize": "4bit" if mode == "qlora-4bit" else "none"},
+    return {"out": str(out), "model": {"name": model, "quantize": "4bit" if "qlora" in mode else "none"},
             "data": {"source": str(args.data), "limit": max(64, int(args.steps * args.batch_size * gpu_count() / 0.75) + 1)},
             "train": {"max_steps": args.steps, "batch_size": args.batch_size, "save_every": 0,
-                      "distributed": "fsdp" if mode == "fsdp" else "auto"}}
+                      "distributed": "fsdp" if mode.startswith("fsdp") else "auto"}}
 
 
 def gpu_count() -> int:
@@ -115,22 +117,30 @@ def run_in_process(model: str, mode: str, args, out: Path) -> dict:
 
 
 class SmiSampler(threading.Thread):
-    """Max nvidia-smi memory.used per GPU (GiB) while it runs."""
+    """Max nvidia-smi memory.used per GPU (GiB) while it runs, and what was in use before it started."""
 
     def __init__(self, period: float = 0.2):
         super().__init__(daemon=True)
         self.period, self.peak, self.stop = period, {}, threading.Event()
+        self.before = self.sample()
+
+    @staticmethod
+    def sample() -> dict[int, float]:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        used = {}
+        for line in out.strip().splitlines():
+            i, mib = (x.strip() for x in line.split(","))
+            used[int(i)] = float(mib) / 1024  # MiB -> GiB
+        return used
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout
-            except (OSError, subprocess.SubprocessError):
-                return
-            for line in out.strip().splitlines():
-                i, used = (x.strip() for x in line.split(","))
-                self.peak[int(i)] = max(self.peak.get(int(i), 0.0), float(used) / 1024)  # MiB -> GiB
+            for i, used in self.sample().items():
+                self.peak[i] = max(self.peak.get(i, 0.0), used)
             self.stop.wait(self.period)
 
 
@@ -140,19 +150,21 @@ def run_torchrun(model: str, mode: str, args, out: Path) -> dict:
     sets = [f"data.limit={cfg['data']['limit']}", "train.save_every=0", "train.distributed=fsdp"]
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(n), "-m", "codelora", "train", "--model", model,
            "--data", str(args.data), "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--out", str(out), "--overwrite", *[x for s in sets for x in ("--set", s)]]
+           "--out", str(out), "--overwrite", *[x for s in sets for x in ("--set", s)],
+           *(["--quantize", "4bit"] if cfg["model"]["quantize"] == "4bit" else [])]
     sampler = SmiSampler()
     sampler.start()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
                           env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    peaks = [round(sampler.peak[i], 2) for i in sorted(sampler.peak)] or None
-    return read_manifest(out) | {"peak_gpu_gb": peaks, "memory_source": "nvidia-smi memory.used (max)",
+    # above what was in use before (this process's own CUDA context and cache, on GPU 0)
+    peaks = [round(sampler.peak[i] - sampler.before.get(i, 0.0), 2) for i in sorted(sampler.peak)] or None
+    return read_manifest(out) | {"peak_gpu_gb": peaks, "memory_source": "nvidia-smi memory.used, max - before",
                                  "wall_seconds": round(wall, 1)}
 
 
@@ -196,8 +208,8 @@ def main() -> None:
                 print(f"running {mode} on {label} ...", flush=True)
                 out = tmp / f"run-{key}-{mode}"
                 try:
-                    r = (run_torchrun if mode == "fsdp" else run_in_process)(model, mode, args, out)
-                except Exception as e:  # one failed cell does not hide the others
+                    r = (run_torchrun if mode.startswith("fsdp") else run_in_process)(model, mode, args, out)
+                except Exception as e:  # noqa: BLE001 -- one failed cell does not hide the others
                     failures.append({"model": key, "mode": mode, "error": str(e)[-2000:]})
                     print(f"  FAILED: {str(e)[-500:]}", flush=True)
                     continue

@@ -1,6 +1,6 @@
 """Training over several processes: weights held per process, peak RSS and tokens/s, fsdp vs ddp.
 
-    python benchmarks/scale.py                        # ~6 min on 2 CPU cores (make bench-scale)
+    python benchmarks/scale.py                        # ~4 min on 2 CPU cores (make bench-scale)
     python benchmarks/scale.py --processes 1,2 --steps 2 --json-out scale.json
 
 Every configuration is its own real run of the CLI, as users start it:
@@ -75,7 +75,7 @@ def run_one(args, mode: str, n: int, limit: int, cores: int, tmp: Path) -> dict:
     threads = threads_for(n, cores)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not (out / "manifest.json").is_file():
         sys.exit(f"scale: the {mode} run on {n} processes failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")

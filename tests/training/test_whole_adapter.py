@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codelora.io.rundir import ADAPTER_WEIGHTS
-from codelora.training.whole_adapter import AdapterNotWhole, check_whole, expected_shapes
+from codelora.training.whole_adapter import AdapterNotWhole, check_whole, expected_shapes, nonzero_shards
 
 
 @pytest.fixture
@@ -37,18 +37,25 @@ def a_lora_b(weights):
     return next(k for k in sorted(weights) if "lora_B" in k)
 
 
+def live(model, processes):
+    """What each of `processes` processes would report of its shards of the (non-zero) lora_B weights."""
+    flags = nonzero_shards(model)
+    assert len(flags) == 4 and all(flags.values())
+    return {k: [True] * processes for k in flags}
+
+
 def test_a_whole_adapter_passes(saved):
     model, path = saved
     expected = expected_shapes(model)
     assert set(expected) == set(load_file(path)) and len(expected) == 8
-    check_whole(path, expected, trained=True, shards=2)
-    check_whole(path, expected, trained=True, shards=4)
+    check_whole(path, expected, live(model, 2))
+    check_whole(path, expected, live(model, 4))
 
 
 @pytest.mark.parametrize("mutation,message", [
     (lambda w: w.__setitem__(a_lora_b(w), w[a_lora_b(w)][: w[a_lora_b(w)].shape[0] // 2].clone()), "a slice"),
-    (lambda w: w[a_lora_b(w)][w[a_lora_b(w)].shape[0] // 2:].zero_(), "rows block 2 of 2 is all zero"),
-    (lambda w: w[a_lora_b(w)].zero_(), "is all zero after training"),
+    (lambda w: w[a_lora_b(w)][w[a_lora_b(w)].shape[0] // 2:].zero_(), "rows block 2 of 2 is zero in the file"),
+    (lambda w: w[a_lora_b(w)].zero_(), "is all zero in the file but not in the trained model"),
     (lambda w: w.__setitem__("_fsdp_wrapped_module." + a_lora_b(w), w.pop(a_lora_b(w))), "wrapper's prefix"),
     (lambda w: w.pop(a_lora_b(w)), "is missing"),
     (lambda w: w[a_lora_b(w)].fill_(float("nan")), "NaN"),
@@ -58,14 +65,17 @@ def test_a_damaged_adapter_fails_the_check(saved, mutation, message):
     expected = expected_shapes(model)
     mutate(path, mutation)
     with pytest.raises(AdapterNotWhole, match=message) as e:
-        check_whole(path, expected, trained=True, shards=2)
+        check_whole(path, expected, live(model, 2))
     assert "\n" not in str(e.value) and "the run is not called done" in str(e.value)
 
 
-def test_an_untrained_adapter_may_have_zero_lora_b(saved):
+def test_zero_lora_b_passes_where_the_trained_model_has_it_zero_too(saved):
+    """e.g. one step at warm-up's learning rate 0: a zero lora_B is what trained, not a lost shard."""
     model, path = saved
     mutate(path, lambda w: [t.zero_() for k, t in w.items() if "lora_B" in k])
-    check_whole(path, expected_shapes(model), trained=False, shards=2)
+    check_whole(path, expected_shapes(model), {k: [False, False] for k in nonzero_shards(model)})
+    with pytest.raises(AdapterNotWhole, match="all zero in the file but not in the trained model"):
+        check_whole(path, expected_shapes(model), {k: [False, True] for k in nonzero_shards(model)})
 
 
 def test_plain_peft_must_reproduce_the_sharded_logits(saved, tiny_model_dir, tmp_path):

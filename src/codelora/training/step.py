@@ -89,5 +89,8 @@ def reduce_across_processes(ctx: StepContext, params: list[torch.Tensor], loss_s
 def validate(ctx: StepContext, examples: list[Example], batch_size: int) -> float:
     """Mean validation loss per supervised token, over all processes."""
     with autocast(ctx.device, ctx.dtype):
-        return validation_loss(ctx.model, examples, batch_size, ctx.pad_id, ctx.device, ctx.dist,
+        loss = validation_loss(ctx.model, examples, batch_size, ctx.pad_id, ctx.device, ctx.dist,
                                loss_fn=ctx.loss_sum if ctx.sharded else None)
+    if ctx.sharded and ctx.dist.enabled:
+        ctx.model.reshard()  # FSDP keeps the root's weights gathered after a forward without backward
+    return loss

@@ -75,7 +75,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_partial_res
                                           "peak_rss_gb": peak_rss_gb()})
     model = s.model
     if s.sharded:  # every process gathers; process 0 writes and proves the result whole
-        model, stats["whole"] = whole.save_and_prove(cfg, s, stats["steps"], run_dir)
+        model, stats["whole"] = whole.save_and_prove(cfg, s, run_dir)
     if s.dist.main:
         save_result(cfg, s, stats, run_dir, weights_saved=s.sharded)
     return TrainedRun(model, s.tokenizer, s.fmt, s.data, s.source, s.device, run_dir, cfg.train.method,

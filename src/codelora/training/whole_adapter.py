@@ -7,7 +7,8 @@ collective), process 0 writes them as any run does, and then checks what it wrot
 
 1. every LoRA tensor the model has is in the file, with its whole shape, and nothing else;
 2. no key carries a wrapper's prefix; every value is finite;
-3. after training, no `lora_B` is zero, nor a 1/N block of its rows (a shard that was not gathered);
+3. no `lora_B` block of rows is zero in the file where that process's shard of the trained weight is
+   not (a shard that was not gathered; each process reports which of its shards are non-zero);
 4. where the model fits one process: the file loaded into a fresh base with plain peft gives the
    sharded model's logits on probe rows. That plain model then evaluates the run (`codelora run`).
 
@@ -43,13 +44,14 @@ class AdapterNotWhole(CodeloraError):
     """The saved adapter is not the one that trained (the run is not called done)."""
 
 
-def save_and_prove(cfg: RunConfig, s: Setup, steps: int, run_dir: Path):
+def save_and_prove(cfg: RunConfig, s: Setup, run_dir: Path):
     """Every process: gather and write (process 0) what trained, then check it. Returns the model that
     evaluates the run in process 0 (a plain one, reloaded from the files; None where it does not fit one
     process) and what was checked (None elsewhere)."""
     method, main = cfg.train.method, s.dist.main
     save_whole(s.model, s.tokenizer, method, run_dir, main)
     expected = expected_shapes(s.model) if method == "lora" else whole_model_shapes(s.model)
+    live = s.dist.gather(nonzero_shards(s.model) if method == "lora" else {})  # per process: its shards non-zero?
     batch = probe_batch(s.data.examples_of("validation") or s.data.examples_of("train"), s.tokenizer.pad_token_id,
                         s.device)
     fits = fits_one_process(s.model, s.device)
@@ -59,7 +61,7 @@ def save_and_prove(cfg: RunConfig, s: Setup, steps: int, run_dir: Path):
         return s.model, None
     if method == "none":  # nothing was written: the base model evaluates
         return (load_base(cfg.model, s.device)[0] if fits else None), None
-    check_whole(weight_files(run_dir, method), expected, trained=steps > 0, shards=s.dist.world)
+    check_whole(weight_files(run_dir, method), expected, {k: [flags[k] for flags in live] for k in live[0]})
     if not fits:
         say("weights checked whole (shapes, keys, values); the model does not fit one process, so the logits "
             "check and the evaluation in this process are skipped")
@@ -105,10 +107,23 @@ def weight_files(run_dir: Path, method: str) -> list[Path]:
     return [run_dir / ADAPTER_WEIGHTS] if method == "lora" else sorted(run_dir.glob("*.safetensors"))
 
 
-def check_whole(paths: Path | list[Path], expected: dict[str, tuple[int, ...] | None], trained: bool,
-                shards: int) -> None:
+def nonzero_shards(peft_model) -> dict[str, bool]:
+    """Whether this process's shard of each lora_B weight holds a non-zero value, by adapter-file key."""
+    from peft import get_peft_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    flags = {n: torch.tensor(bool((p.to_local() if isinstance(p, DTensor) else p).detach().any()))
+             for n, p in peft_model.named_parameters() if p.requires_grad and "lora_B" in n}
+    keys = get_peft_model_state_dict(peft_model, state_dict=flags, save_embedding_layers=False)
+    return {k: bool(v) for k, v in keys.items()}
+
+
+def check_whole(paths: Path | list[Path], expected: dict[str, tuple[int, ...] | None],
+                live: dict[str, list[bool]] | None = None) -> None:
     """Raise AdapterNotWhole naming the first problem of the weight file(s) (and how many more).
-    `expected`: key -> whole shape; None marks a tied weight that may be absent."""
+    `expected`: key -> whole shape; None marks a tied weight that may be absent. `live`: lora_B key ->
+    per process, whether its shard (rows block r of the weight split N ways, as FSDP splits it) is
+    non-zero in the trained model."""
     from safetensors.torch import load_file
 
     paths = [paths] if isinstance(paths, Path) else paths
@@ -123,20 +138,21 @@ def check_whole(paths: Path | list[Path], expected: dict[str, tuple[int, ...] | 
             problems.append(f"{k} has shape {tuple(t.shape)}, not its whole shape {expected[k]} (a slice)")
         elif not torch.isfinite(t).all():
             problems.append(f"{k} holds NaN or inf")
-        elif trained and "lora_B" in k:
-            problems += _zero_blocks(k, t, shards)
+        elif live and k in live:
+            problems += _zero_blocks(k, t, live[k])
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise AdapterNotWhole(f"the adapter {path} is not whole: {problems[0]}{more}; the run is not called done")
 
 
-def _zero_blocks(key: str, t: torch.Tensor, shards: int) -> list[str]:
-    if not t.any():
-        return [f"{key} is all zero after training"]
-    for n in sorted({2, shards} - {1}):
-        for i, block in enumerate(t.chunk(n, dim=0)):
-            if block.numel() and not block.any():
-                return [f"{key}: rows block {i + 1} of {n} is all zero after training (a shard that was not gathered)"]
+def _zero_blocks(key: str, t: torch.Tensor, live: list[bool]) -> list[str]:
+    blocks = t.chunk(len(live), dim=0)  # process r holds block r (fewer blocks than processes: some hold none)
+    if any(live) and not t.any():
+        return [f"{key} is all zero in the file but not in the trained model"]
+    for r, (block, nonzero) in enumerate(zip(blocks, live)):
+        if nonzero and not block.any():
+            return [f"{key}: rows block {r + 1} of {len(live)} is zero in the file but not in the trained model "
+                    f"(a shard that was not gathered)"]
     return []
 
 
@@ -160,7 +176,10 @@ def sharded_logits(root, batch: dict, device: str, dtype: torch.dtype) -> torch.
     """The sharded model's logits on `batch` (a collective: every process calls it)."""
     root.eval()
     with autocast(device, dtype):
-        return root(batch, logits=True).float().cpu()
+        logits = root(batch, logits=True).float().cpu()
+    if hasattr(root, "reshard"):
+        root.reshard()  # FSDP keeps the root's weights gathered after a forward without backward
+    return logits
 
 
 def reload_and_compare(cfg: RunConfig, run_dir: Path, batch: dict, reference: torch.Tensor, device: str,
