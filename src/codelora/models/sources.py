@@ -278,6 +278,23 @@ def pick_device(name: str) -> str:
     return name
 
 
+def empty_base(cfg: ModelConfig, dtype):
+    """(model, tokenizer, source) with the model's structure only, on the meta device (no memory, no
+    values): what a process other than 0 builds before FSDP gives it its shards of process 0's weights."""
+    import torch
+    import transformers
+
+    source = resolve_model(cfg)
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    config = _from_pretrained(transformers.AutoConfig, source, cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = getattr(transformers, AUTO_CLASSES[cfg.task]).from_config(
+            config, dtype=dtype or torch.float32, trust_remote_code=cfg.trust_remote_code)
+    model.name_or_path = source.loadable_name
+    model.eval()
+    return model, tokenizer, source
+
+
 def load_base(cfg: ModelConfig, device: str, dtype=None, labels: list[str] | None = None, sharded: bool = False):
     """(model, tokenizer, source) for a model config: the one entry point other stages use."""
     source = resolve_model(cfg)

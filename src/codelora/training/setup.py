@@ -16,9 +16,9 @@ from codelora.data.prompts import PromptFormat, format_for
 from codelora.models.lora import apply_lora, count_parameters, load_adapter
 from codelora.models.methods import set_trainable
 from codelora.models.precision import Precision, fp32_attention_on_cpu, precision_for
-from codelora.models.sources import ModelSource, load_base, pick_device
+from codelora.models.sources import ModelSource, empty_base, load_base, pick_device
 from codelora.training.distributed import Dist, init_distributed
-from codelora.training.sharding import local_parameter_bytes, shard, uniform_dtype
+from codelora.training.sharding import local_parameter_bytes, shard
 
 
 @dataclass
@@ -58,8 +58,10 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
     precision = precision_for(cfg.train.precision, cfg.model, device) if started_with is None else Precision(
         torch.bfloat16 if started_with["chosen"] == "bf16" else torch.float32, started_with["setting"],
         f"{started_with['chosen']}, as when the run started ({started_with['reason']})")
+    if dist.enabled:  # measured per process, but every process must compute alike: process 0's choice
+        precision = dist.gather(precision)[0]
     dtype = precision.dtype
-    model, tokenizer, source = load_model(cfg, device, dtype, labels)
+    model, tokenizer, source = load_model(cfg, device, dtype, labels, dist)
     fp32_attention_on_cpu(model, precision, device)
     say(f"model {source.name} ({source.kind}) on {device}, {precision.name} ({precision.reason})"
         + (f", {cfg.model.quantize} quantized" if cfg.model.quantize != "none" else "")
@@ -73,12 +75,15 @@ def set_up(cfg: RunConfig, started_with: dict | None = None) -> Setup:
         + (f"; labels: {', '.join(labels)}" if labels else ""))
     root = None
     if cfg.train.distributed == "fsdp":
-        if cfg.model.quantize != "none":  # QLoRA: LoRA and norms in the dtype the 4-bit weights are stored in
-            uniform_dtype(model, dtype)
-        root = shard(model, dist, dtype, cfg.train.fsdp_cpu_offload)
+        root = shard(model, dist, dtype, cfg.train.fsdp_cpu_offload, device, from_process_0(cfg, dist))
         where = f"each block sharded over {dist.world} processes" if dist.enabled else "one process, nothing to shard"
         say(f"fsdp: {where}; this process holds {local_parameter_bytes(model) / 1e6:,.1f} MB of weights")
     return Setup(model, tokenizer, source, fmt, data, labels, device, dtype, dist, trainable, total, precision, root)
+
+
+def from_process_0(cfg: RunConfig, dist: Dist) -> bool:
+    """Whether process 0 alone loads the weights (fsdp over several processes; a 4-bit base loads on each GPU)."""
+    return cfg.train.distributed == "fsdp" and dist.enabled and cfg.model.quantize == "none"
 
 
 def check_distributed(cfg: RunConfig, device: str) -> None:
@@ -109,14 +114,26 @@ def pick_processes(device_setting: str, timeout_s: int) -> tuple[str, Dist]:
     return device, dist
 
 
-def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str] | None):
-    """The base model and its tokenizer, ready for k-bit training or gradient checkpointing where asked."""
+def load_model(cfg: RunConfig, device: str, dtype: torch.dtype, labels: list[str] | None, dist: Dist):
+    """The base model and its tokenizer, ready for k-bit training or gradient checkpointing where asked.
+
+    Sharded over several processes (fsdp, not quantized), process 0 alone reads the weights, into CPU
+    memory, while the others build the structure on the meta device: `sharding.shard` then hands each
+    process its shards of process 0's weights, so no process but 0 ever holds the whole model.
+    """
     # Weights that train stay fp32 (bf16 runs under autocast): a bf16 weight drops updates below
     # 1/256 of its size, i.e. most AdamW steps at full fine-tuning learning rates.
-    # FSDP too: it stores every weight in one dtype (fp32) and casts its gathered copies to `dtype`.
-    fp32_storage = parse_method(cfg.train.method)[0] in ("full", "top") or cfg.train.distributed == "fsdp"
-    model, tokenizer, source = load_base(cfg.model, device, dtype=torch.float32 if fp32_storage else dtype,
-                                         labels=labels, sharded=cfg.train.distributed == "fsdp")
+    trains_base = parse_method(cfg.train.method)[0] in ("full", "top")
+    dtype = torch.float32 if trains_base else dtype
+    sharded = cfg.train.distributed == "fsdp"
+    if from_process_0(cfg, dist) and not dist.main:
+        dist.barrier()  # process 0 first: it may convert the embedded model into the cache
+        model, tokenizer, source = empty_base(cfg.model, dtype)
+    else:
+        model, tokenizer, source = load_base(cfg.model, "cpu" if from_process_0(cfg, dist) else device, dtype=dtype,
+                                             labels=labels, sharded=sharded)
+        if from_process_0(cfg, dist):
+            dist.barrier()
     if cfg.model.quantize != "none":
         from peft import prepare_model_for_kbit_training
 

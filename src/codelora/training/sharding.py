@@ -7,11 +7,12 @@ training loss: the fused-head loss (models/loss.py) calls the decoder and the he
 it may only do so inside the root's forward, where the root's weights (embeddings, final norm, the
 tied head) are gathered.
 
-Mixed precision is FSDP's policy: weights are stored (and the optimizer steps) in fp32, the
-gathered copies are cast to the run's compute precision, gradients are reduced in fp32. Storing
-every weight in one dtype also avoids FSDP's "uniform dtype" failure with bf16 bases and fp32
-LoRA weights. Gradients are *summed* over processes (divide factor 1), as in the DDP path: the
-loss is already divided by the whole step's supervised tokens.
+Mixed precision is FSDP's policy: the gathered copies are cast to the run's compute precision and
+gradients are reduced in fp32. Storage is what the run loads: a bf16 run keeps its frozen base in
+bf16 and the LoRA weights (what trains, and what AdamW updates) in fp32; FSDP2 gathers a unit of
+mixed dtypes (FSDP1 could not: the "uniform dtype" failures of TRL #1723), but reduces one dtype of
+gradients, so what trains must share one. Gradients are *summed* over processes (divide factor 1),
+as in the DDP path: the loss is already divided by the whole step's supervised tokens.
 """
 
 from __future__ import annotations
@@ -38,20 +39,23 @@ class LossModule(torch.nn.Module):
         return supervised_loss_sum(self.model, batch)
 
 
-def shard(model, dist: Dist, compute_dtype: torch.dtype, cpu_offload: bool) -> LossModule:
+def shard(model, dist: Dist, compute_dtype: torch.dtype, cpu_offload: bool, device: str = "cpu",
+          from_process_0: bool = False) -> LossModule:
     """Wrap `model` (peft applied, method set) in the loss root and shard it over the process group.
 
-    One process: nothing to shard; the root still wraps the model so that checkpoint keys are the
-    same at every number of processes (a run can resume on another one).
+    `from_process_0`: only process 0's model holds weights (in CPU memory); the others' are on the
+    meta device. Each process then receives its shards of process 0's weights (and its buffers) on
+    `device`. One process: nothing to shard; the root still wraps the model so that checkpoint keys
+    are the same at every number of processes (a run can resume on another one).
     """
     root = LossModule(model)
     if not dist.enabled:
         return root
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    if len(dtypes) > 1:  # FSDP gathers a unit's weights into one buffer of one dtype
-        raise ConfigError(f"train.distributed=fsdp needs the weights in one dtype, but this model has {dtypes}; "
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+    if len(dtypes) > 1:  # FSDP reduce-scatters a unit's gradients as one buffer of one dtype
+        raise ConfigError(f"train.distributed=fsdp needs the weights that train in one dtype, but they are {dtypes}; "
                           f"use train.distributed: ddp")
     stacks = block_stacks(model)
     if not stacks:
@@ -60,6 +64,7 @@ def shard(model, dist: Dist, compute_dtype: torch.dtype, cpu_offload: bool) -> L
     policy = dict(mp_policy=MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype,
                                                  reduce_dtype=torch.float32),
                   offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+    whole = model.state_dict() if from_process_0 and dist.main else {}  # process 0's weights, to hand out
     for _, stack in stacks:
         for block in stack:
             fully_shard(block, **policy)
@@ -68,15 +73,23 @@ def shard(model, dist: Dist, compute_dtype: torch.dtype, cpu_offload: bool) -> L
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # sum, not mean: see the module docstring
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    if from_process_0:
+        _receive_weights(root, model, whole, dist, device)
     return root
 
 
-def uniform_dtype(model, dtype: torch.dtype) -> None:
-    """Every floating-point weight in `dtype` (a 4-bit base stores its packed weights in it; see
-    models/sources.py): FSDP gathers a unit's weights into one buffer of one dtype. (GPU only, not run here.)"""
-    for p in model.parameters():
-        if p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
+def _receive_weights(root, model, whole: dict, dist: Dist, device: str) -> None:
+    """Process 0 broadcasts its weights; every process keeps its shards (torch's broadcast_from_rank0)."""
+    import torch.distributed as tdist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if dist.main:
+        root.to(device)
+    else:
+        root.to_empty(device=device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # not in the state dict (e.g. rotary frequencies), and never sharded
+        tdist.broadcast(buffer, src=0)
 
 
 def local_parameter_bytes(model) -> int:
