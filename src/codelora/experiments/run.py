@@ -67,7 +67,10 @@ def run(cfg: RunConfig, opts: RunOptions) -> RunResult:
             trained = train(cfg, run_dir, resume=opts.resume, allow_partial_resume=opts.allow_partial_resume,
                             trackers=trackers)
             result = RunResult(Path(cfg.out))
-            if opts.evaluate:
+            if opts.evaluate and trained.model is None:  # sharded, and too large for this one process
+                say(f"evaluation skipped: the model does not fit one process; evaluate with codelora eval "
+                    f"{cfg.out} on a machine where it does")
+            elif opts.evaluate:
                 result.report, result.exec_report = _evaluate(trained, cfg, tasks)
                 trackers.log_evaluation(result.report, result.exec_report, _last_step(run_dir))
             write_model_card(run_dir, Path(cfg.out).name)

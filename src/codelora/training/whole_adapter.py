@@ -100,7 +100,7 @@ def whole_model_shapes(model) -> dict[str, tuple[int, ...] | None]:
     for name, p in model.named_parameters(remove_duplicate=False):
         shapes[name] = None if id(p) in seen else tuple(p.shape)
         seen.add(id(p))
-    return shapes
+    return shapes | {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in shapes}  # + buffers saved
 
 
 def weight_files(run_dir: Path, method: str) -> list[Path]:
