@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from cli_helpers import run_cli
-from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ExportConfig, LoraSettings, ModelConfig
+from codelora.config import EMBEDDED_HUB_IDS, EMBEDDED_MODEL, ExportConfig
 from codelora.export.converters import ExportError
 from codelora.export.vllm_export import LOAD_BODY, SERVE_SCRIPT, export
 from codelora.export.vllm_rules import MAX_LORA_RANKS, allowed_max_lora_rank
@@ -160,20 +160,14 @@ def test_the_cli_refuses_in_one_line_and_writes_nothing(tiny_model_dir, tmp_path
     assert _nothing_written(out)
 
 
-def test_the_embedded_models_adapter_is_accepted(embedded_base, tmp_path):
-    """codelora's default LoRA settings on the real SmolLM2 (LlamaForCausalLM), served on its Hub original."""
-    from codelora.models.lora import apply_lora
-    from codelora.models.sources import load_base
-
-    model, _, source = load_base(ModelConfig(), "cpu")  # as training loads it
+def test_the_demo_adapter_is_accepted(embedded_adapter, tmp_path):
+    """The session's real `codelora run configs/demo.yaml` on SmolLM2 (LlamaForCausalLM), served on its Hub original."""
+    adapter = embedded_adapter
     hub_id = EMBEDDED_HUB_IDS[EMBEDDED_MODEL]
-    assert source.loadable_name == hub_id
-    adapter = tmp_path / "demo"
-    apply_lora(model, LoraSettings(), base_model=hub_id).save_pretrained(adapter)
     out = tmp_path / "out"
     report = export(adapter, out, VLLM)
     assert report["base_model"] == hub_id and report["architecture"] == "LlamaForCausalLM"
     assert report["max_lora_rank"] == 16 and {v["verdict"] for v in report["rules"]} == {"pass"}
     assert report["serve_command"].startswith(f"vllm serve {hub_id} --enable-lora --max-lora-rank 16 ")
     script = (out / SERVE_SCRIPT).read_text()
-    assert f"exec vllm serve {hub_id} --enable-lora --max-lora-rank 16 --lora-modules demo=" in script
+    assert f"exec vllm serve {hub_id} --enable-lora --max-lora-rank 16 --lora-modules python-qa=" in script
