@@ -1,5 +1,6 @@
-"""Several processes through the real launchers: DDP and FSDP2 (train.distributed), resumes after kill -9
-and on another number of processes, two torchrun agents meeting over c10d on localhost.
+"""Several processes through the real launchers (torchrun, accelerate launch): DDP and FSDP2
+(train.distributed), resumes after kill -9 and on another number of processes, two torchrun agents
+meeting over c10d on localhost.
 
 Every run trains the tiny model for 8 optimizer steps of 2 micro-batches of 4 rows (2 epochs of 4
 steps; gloo on the CPU), LoRA without dropout, so one process with grad_accum 2 computes exactly
@@ -26,6 +27,7 @@ import warm
 RUNNER = Path(__file__).with_name("fault_runner.py")
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ACCELERATE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "launch" / "accelerate_fsdp2.yaml"
 TIMEOUT = 300  # every launch ends well inside this; a hang fails the test instead of the suite
 
 
@@ -76,12 +78,16 @@ def assert_same(a: Path, b: Path, atol=1e-5):
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
-    """The reference runs: FSDP in 2 processes and in 1, DDP in 2."""
+    """The reference runs: FSDP in 2 processes (started by accelerate) and in 1, DDP in 2 (torchrun)."""
     from conftest import make_rows, write_jsonl
 
     d = tmp_path_factory.mktemp("distributed")
     data = write_jsonl(d / "rows.jsonl", make_rows(40))
-    fsdp2 = ok(torchrun(args(tiny_model_dir, data, d / "fsdp2", *FSDP)))
+    # launched by accelerate with the shipped config: the same result as torchrun's processes must give
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    fsdp2 = ok(subprocess.run([accelerate, "launch", "--config_file", str(ACCELERATE_CONFIG), "--num_processes", "2",
+                               "-m", "codelora", *args(tiny_model_dir, data, d / "fsdp2", *FSDP)],
+                              capture_output=True, text=True, timeout=TIMEOUT, env=ENV))
     ok(single(args(tiny_model_dir, data, d / "fsdp1", *FSDP, "--set", "train.grad_accum=2")))
     ok(torchrun(args(tiny_model_dir, data, d / "ddp2")))
     return {"dir": d, "data": data, "fsdp2_stderr": fsdp2.stderr}
