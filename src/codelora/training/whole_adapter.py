@@ -29,6 +29,7 @@ from codelora.errors import CodeloraError
 from codelora.io.rundir import ADAPTER_WEIGHTS
 from codelora.models.collate import device_batches
 from codelora.models.lora import load_adapter
+from codelora.models.precision import Precision, fp32_attention_on_cpu
 from codelora.models.sources import load_base
 from codelora.training.setup import Setup
 from codelora.training.sharding import full_state_dict, full_trainable
@@ -190,6 +191,7 @@ def reload_and_compare(cfg: RunConfig, run_dir: Path, batch: dict, reference: to
         plain = load_adapter(load_base(cfg.model, device, dtype=dtype)[0], run_dir).eval()
     else:
         plain = load_base(dataclasses.replace(cfg.model, name=str(run_dir)), device, dtype=torch.float32)[0].eval()
+    fp32_attention_on_cpu(plain, Precision(dtype, "as trained", "as trained"), device)  # attention as in training
     with torch.no_grad(), autocast(device, dtype):
         logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
     keep = batch["attention_mask"].bool().cpu()
