@@ -268,7 +268,11 @@ def cmd_run(args) -> int:
 
 def _resume_command() -> str:
     argv = [a for a in sys.argv[1:] if a != "--resume"]
-    return shlex.join(["codelora", *argv, "--resume"])
+    command = shlex.join(["codelora", *argv, "--resume"])
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # one process of torchrun / accelerate launch / codelora launch
+        return f"the launcher's command (torchrun, accelerate or codelora launch) with --resume; this process " \
+               f"ran {command}"
+    return command
 
 
 def cmd_data(args) -> int:
@@ -367,7 +371,10 @@ def cmd_launch(args) -> int:
     cfg = run_config(inner_args, inner_args.config)  # a bad config fails here, before any process starts
     from codelora.training.launch import launch
 
-    launch(lc, inner, Path(cfg.out))
+    stopped = launch(lc, inner, Path(cfg.out))
+    if stopped:
+        say(stopped)
+        say(f"resume with: {_resume_command()}")
     return 0
 
 

@@ -77,16 +77,23 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def test_a_process_killed_mid_run_ends_the_launch_naming_the_checkpoint(tiny_model_dir, data_file, tmp_path):
-    out = tmp_path / "run"
+def launch_until_a_checkpoint(model_dir, data_file, out):
+    """`codelora launch` of 2 processes training for long; returns it once its first checkpoint is on disk."""
     p = warm.popen([sys.executable, "-m", "codelora", "launch", "--nproc-per-node", "2",
-                    *train(tiny_model_dir, data_file, out, "--max-steps", "2000", "--save-every", "5")],
+                    *train(model_dir, data_file, out, "--max-steps", "2000", "--save-every", "5")],
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not (partial_dir(out) / CHECKPOINTS).is_dir() or not any((partial_dir(out) / CHECKPOINTS).glob("step-*")):
+        if time.monotonic() > deadline or p.poll() is not None:
+            p.kill()
+            raise AssertionError(f"no checkpoint was written: {p.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    return p
+
+
+def test_a_process_killed_mid_run_ends_the_launch_naming_the_checkpoint(tiny_model_dir, data_file, tmp_path):
+    p = launch_until_a_checkpoint(tiny_model_dir, data_file, tmp_path / "run")
     try:
-        deadline = time.monotonic() + 120
-        while not (partial_dir(out) / CHECKPOINTS).is_dir() or not any((partial_dir(out) / CHECKPOINTS).glob("step-*")):
-            assert time.monotonic() < deadline and p.poll() is None, "no checkpoint was written"
-            time.sleep(0.2)
         workers = _children(p.pid)
         assert len(workers) == 2, workers
         os.kill(max(workers), signal.SIGKILL)
@@ -97,3 +104,20 @@ def test_a_process_killed_mid_run_ends_the_launch_naming_the_checkpoint(tiny_mod
     line = err.strip().splitlines()[-1]
     assert p.returncode == 1 and line.startswith("codelora: error: process ") and "ended with" in line, err[-2000:]
     assert "resume from checkpoint step-" in line and "the same command with --resume" in line, line
+
+
+def test_sigterm_to_the_launch_checkpoints_every_process_and_exits_0(tiny_model_dir, data_file, tmp_path):
+    p = launch_until_a_checkpoint(tiny_model_dir, data_file, tmp_path / "run")
+    try:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    lines = err.strip().splitlines()
+    assert p.returncode == 0, err[-2000:]
+    assert lines[-2].startswith("codelora: stopped by SIGTERM; resume from checkpoint step-"), lines[-2]
+    assert lines[-1].startswith("codelora: resume with: codelora launch --nproc-per-node 2 train ") and \
+        lines[-1].endswith(" --resume"), lines[-1]
+    step = lines[-2].split("checkpoint ")[1].split()[0]
+    assert (partial_dir(tmp_path / "run") / CHECKPOINTS / step / ".metadata").is_file()  # every shard written

@@ -34,16 +34,22 @@ def torchrun_args(lc: LaunchConfig, command: list[str]) -> list[str]:
             "-m", "codelora", *command]
 
 
-def launch(lc: LaunchConfig, command: list[str], out: Path) -> None:
-    """Run `codelora COMMAND` in every process of this machine; raise a one-line CodeloraError when it fails."""
+def launch(lc: LaunchConfig, command: list[str], out: Path) -> str | None:
+    """Run `codelora COMMAND` in every process of this machine; raise a one-line CodeloraError when it fails.
+    Returns what happened when SIGTERM / Ctrl-C stopped it (every process checkpointed), else None."""
     with _quiet_native_log():  # the rendezvous' C++ warnings and stack traces: the one line below says it
         from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its log: the one line below says it
+    for name in list(logging.root.manager.loggerDict):  # the agent's log: the one line below says it
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         torchrun.run(torchrun.parse_args(torchrun_args(lc, command)))
+    except SignalException as e:  # the agent passed it on: each process finished its step and checkpointed
+        return f"stopped by {e.sigval.name}; {resume_hint(out)}"
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode
@@ -57,6 +63,7 @@ def launch(lc: LaunchConfig, command: list[str], out: Path) -> None:
         raise CodeloraError(f"the rendezvous at {lc.rdzv_endpoint or 'localhost'} failed ({first_line(e)[:200]}); "
                             f"check --rdzv-endpoint HOST:PORT: HOST one of the machines, reachable from every one, "
                             f"PORT free there") from None
+    return None
 
 
 def resume_hint(out: Path) -> str:
