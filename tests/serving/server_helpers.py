@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from net_helpers import free_port
 import warm
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body=None, headers: dict | None = None, raw: bytes | None = None,

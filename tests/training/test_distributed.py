@@ -11,7 +11,6 @@ run takes one micro-batch per step and first one validation pass: its n-th loss 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 
 from codelora.io.rundir import ADAPTER_WEIGHTS, CHECKPOINTS, LOSS_LOG, MANIFEST, partial_dir
 from cli_helpers import call_cli
+from net_helpers import free_port
 import warm
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
@@ -176,11 +176,8 @@ def test_a_one_process_run_resumes_on_two(runs, tiny_model_dir, tmp_path):
 
 
 def test_two_torchrun_agents_meet_over_c10d_and_equal_one_node(runs, tiny_model_dir, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     launch = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "codelora-test", "-m", "codelora",
+              "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "codelora-test", "-m", "codelora",
               *args(tiny_model_dir, runs["data"], tmp_path / "nodes", *FSDP)]
     agents = [subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
               for _ in range(2)]

@@ -4,7 +4,6 @@ one line naming the cause (and the checkpoint to resume from), never a hang."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from cli_helpers import call_cli
 from codelora.io.rundir import CHECKPOINTS, partial_dir
+from net_helpers import free_port
 import warm
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,12 +29,6 @@ def launch(*args, timeout=120):
 
 def last_line(r):
     return r.stderr.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_machine_that_never_joins_ends_the_launch_in_one_line(tiny_model_dir, data_file, tmp_path):

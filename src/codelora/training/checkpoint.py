@@ -221,7 +221,7 @@ def find_latest(root: Path) -> Checkpoint | None:
 # --- loading (never unpickles arbitrary objects) --------------------------------------------------
 
 
-def _load_tensors(path: Path, what: str):
+def load_tensors(path: Path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
@@ -266,9 +266,9 @@ def load_checkpoint(ckpt: Checkpoint, model, optimizer, allow_partial: bool) -> 
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model (weights such as {unexpected[0]} "
                               f"differ); was it written with another lora config or train.method?")
     if OPTIMIZER in ckpt.files:
-        optimizer.load_state_dict(_load_tensors(ckpt.path / OPTIMIZER, "optimizer state"))
+        optimizer.load_state_dict(load_tensors(ckpt.path / OPTIMIZER, "optimizer state"))
     if RNG in ckpt.files:
-        state = _load_tensors(ckpt.path / RNG, "RNG state")
+        state = load_tensors(ckpt.path / RNG, "RNG state")
         try:
             set_rng_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from codelora.io.rundir import checkpoint_name
-from codelora.training.checkpoint import (TMP_PREFIX, Checkpoint, CheckpointError, publish, prune, set_rng_state,
-                                          write_failed, RNG, _load_tensors)
+from codelora.training.checkpoint import (RNG, TMP_PREFIX, Checkpoint, CheckpointError, load_tensors, publish, prune,
+                                          set_rng_state, write_failed)
 from codelora.training.distributed import Dist
 
 
@@ -77,5 +77,5 @@ def load_sharded(ckpt: Checkpoint, model, optimizer) -> dict:
                               f"another lora config or train.method?") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options())
-    set_rng_state(_load_tensors(ckpt.path / RNG, "RNG state"))
+    set_rng_state(load_tensors(ckpt.path / RNG, "RNG state"))
     return ckpt.state()
